@@ -1,0 +1,173 @@
+/**
+ * Configuration, read from environment variables.
+ *
+ * Every variable has a default; a value that does not parse is a
+ * {@linkcode ConfigError} naming the variable, the value and what was expected.
+ *
+ * @module
+ */
+
+/** The whole configuration of one Parley server. */
+export interface Config {
+  /** TCP port to listen on (`PORT`, default 8000; 0 picks a free port). */
+  port: number;
+  /** Address to listen on (`HOSTNAME`, default `0.0.0.0`). */
+  hostname: string;
+  /** PEM certificate file for HTTPS/wss (`TLS_CERT_FILE`). */
+  certFile?: string;
+  /** PEM private key file for HTTPS/wss (`TLS_KEY_FILE`). */
+  keyFile?: string;
+  /** Messages kept per room for history, resume and dedup (`HISTORY_SIZE`). */
+  historySize: number;
+  /** Messages a rich client gets on a fresh join (`JOIN_HISTORY`). */
+  joinHistory: number;
+  /** Bytes of history kept per room (`HISTORY_BYTES`). */
+  historyBytes: number;
+  /** Files larger than this are kept in history without their bytes (`HISTORY_FILE_BYTES`). */
+  historyFileBytes: number;
+  /** Largest message, text or binary, in bytes (`MAX_MESSAGE_BYTES`). */
+  maxMessageBytes: number;
+  /** Longest rich-mode text, in characters (`MAX_TEXT_LENGTH`). */
+  maxTextLength: number;
+  /** A peer with more bytes than this queued is closed as a slow consumer (`SLOW_CONSUMER_BYTES`). */
+  slowConsumerBytes: number;
+  /** Seconds without a pong before a peer is dropped (`IDLE_TIMEOUT`; 0 turns it off). */
+  idleTimeout: number;
+  /** Log level (`LOG_LEVEL`): debug, info, warn, error or silent. */
+  logLevel: LogLevel;
+}
+
+/** The levels of the JSON logger, from the most to the least verbose. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error", "silent"] as const;
+
+/** One of {@linkcode LOG_LEVELS}. */
+export type LogLevel = typeof LOG_LEVELS[number];
+
+/** The defaults, used for every variable that is unset or empty. */
+export const DEFAULT_CONFIG: Readonly<Config> = {
+  port: 8000,
+  hostname: "0.0.0.0",
+  historySize: 1000,
+  joinHistory: 50,
+  historyBytes: 16 * 1024 * 1024,
+  historyFileBytes: 2 * 1024 * 1024,
+  maxMessageBytes: 2 * 1024 * 1024,
+  maxTextLength: 4000,
+  slowConsumerBytes: 8 * 1024 * 1024,
+  idleTimeout: 30,
+  logLevel: "info",
+};
+
+/** The environment variables Parley reads; `deno task start` allows exactly these. */
+export const ENV_VARS = [
+  "PORT",
+  "HOSTNAME",
+  "TLS_CERT_FILE",
+  "TLS_KEY_FILE",
+  "HISTORY_SIZE",
+  "JOIN_HISTORY",
+  "HISTORY_BYTES",
+  "HISTORY_FILE_BYTES",
+  "MAX_MESSAGE_BYTES",
+  "MAX_TEXT_LENGTH",
+  "SLOW_CONSUMER_BYTES",
+  "IDLE_TIMEOUT",
+  "LOG_LEVEL",
+] as const;
+
+/** A configuration value that does not parse. */
+export class ConfigError extends Error {
+  /**
+   * @param variable The environment variable.
+   * @param value Its value.
+   * @param expected What it should have been.
+   */
+  constructor(
+    readonly variable: string,
+    readonly value: string,
+    readonly expected: string,
+  ) {
+    super(`${variable}=${JSON.stringify(value)}: expected ${expected}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** Reads a variable; unset and empty both mean "use the default". */
+export type EnvReader = (name: string) => string | undefined;
+
+function integer(
+  env: EnvReader,
+  name: string,
+  fallback: number,
+  min: number,
+  max: number,
+  what = "an integer",
+): number {
+  const raw = env(name)?.trim();
+  if (raw === undefined || raw === "") return fallback;
+  const value = /^\d+$/.test(raw) ? Number(raw) : NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError(name, raw, `${what} from ${min} to ${max}`);
+  }
+  return value;
+}
+
+/** Parses a byte count with an optional suffix: `65536`, `64KiB`, `2MiB`. */
+function bytes(env: EnvReader, name: string, fallback: number, min: number, max: number): number {
+  const raw = env(name)?.trim();
+  if (raw === undefined || raw === "") return fallback;
+  const match = /^(\d+)\s*(B|KiB|MiB|GiB)?$/i.exec(raw);
+  const units: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
+  const value = match ? Number(match[1]) * units[(match[2] ?? "b").toLowerCase()] : NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError(
+      name,
+      raw,
+      `a byte count from ${min} to ${max} (optionally with KiB, MiB or GiB)`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Builds the configuration from the environment.
+ *
+ * @param env Where to read variables; defaults to `Deno.env.get`.
+ * @throws {ConfigError} When a value does not parse.
+ */
+export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Config {
+  const d = DEFAULT_CONFIG;
+  const hostname = env("HOSTNAME")?.trim() || d.hostname;
+  if (!/^[A-Za-z0-9.:_\-\[\]]+$/.test(hostname)) {
+    throw new ConfigError("HOSTNAME", hostname, "a host name or IP address");
+  }
+  const certFile = env("TLS_CERT_FILE")?.trim() || undefined;
+  const keyFile = env("TLS_KEY_FILE")?.trim() || undefined;
+  if (Boolean(certFile) !== Boolean(keyFile)) {
+    const [set, unset] = certFile
+      ? ["TLS_CERT_FILE", "TLS_KEY_FILE"]
+      : ["TLS_KEY_FILE", "TLS_CERT_FILE"];
+    throw new ConfigError(unset, "", `a PEM file path, since ${set} is set`);
+  }
+  const logLevel = (env("LOG_LEVEL")?.trim().toLowerCase() || d.logLevel) as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError("LOG_LEVEL", env("LOG_LEVEL") ?? "", `one of ${LOG_LEVELS.join(", ")}`);
+  }
+  const historySize = integer(env, "HISTORY_SIZE", d.historySize, 1, 1_000_000);
+  const maxMessageBytes = bytes(env, "MAX_MESSAGE_BYTES", d.maxMessageBytes, 1024, 1024 ** 3);
+  return {
+    port: integer(env, "PORT", d.port, 0, 65535, "an integer port"),
+    hostname,
+    certFile,
+    keyFile,
+    historySize,
+    joinHistory: integer(env, "JOIN_HISTORY", Math.min(d.joinHistory, historySize), 0, historySize),
+    historyBytes: bytes(env, "HISTORY_BYTES", d.historyBytes, 0, 1024 ** 3),
+    historyFileBytes: bytes(env, "HISTORY_FILE_BYTES", d.historyFileBytes, 0, 1024 ** 3),
+    maxMessageBytes,
+    maxTextLength: integer(env, "MAX_TEXT_LENGTH", d.maxTextLength, 1, maxMessageBytes),
+    slowConsumerBytes: bytes(env, "SLOW_CONSUMER_BYTES", d.slowConsumerBytes, 1024, 1024 ** 3),
+    idleTimeout: integer(env, "IDLE_TIMEOUT", d.idleTimeout, 0, 86400, "seconds"),
+    logLevel,
+  };
+}

@@ -1,0 +1,199 @@
+/**
+ * The HTTP handler: a function from `Request` to `Response` that serves the
+ * page and assets, the health and metrics endpoints, and upgrades WebSocket
+ * requests into the hub.
+ *
+ * @module
+ */
+
+import type { Connection, Hub } from "./hub.ts";
+import {
+  LOBBY,
+  parsePosition,
+  type Position,
+  ProtocolError,
+  ROOM_PATTERN,
+  SUBPROTOCOL,
+} from "./protocol.ts";
+import { type Assets, serveAsset } from "./static.ts";
+
+/** What upgrades a request; `Deno.upgradeWebSocket` unless a test swaps it. */
+export type Upgrade = (
+  req: Request,
+  options: Deno.UpgradeWebSocketOptions,
+) => { socket: WebSocket; response: Response };
+
+/** Options of {@linkcode createHandler}. */
+export interface HandlerOptions {
+  hub: Hub;
+  assets: Assets;
+  /** Seconds without a pong before a peer is dropped (Deno's `idleTimeout`). */
+  idleTimeout?: number;
+  upgrade?: Upgrade;
+  /** False once shutdown began: `/readyz` fails and upgrades get 503. */
+  accepting?: () => boolean;
+}
+
+/** The request handler of `Deno.serve`. */
+export type Handler = (req: Request, info?: Deno.ServeHandlerInfo) => Response | Promise<Response>;
+
+/** Security headers of every page and asset. */
+export const SECURITY_HEADERS: Readonly<Record<string, string>> = {
+  "content-security-policy":
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; " +
+    "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; " +
+    "form-action 'self'; frame-ancestors 'none'",
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+  "x-frame-options": "DENY",
+};
+
+function text(status: number, body: string, headers?: HeadersInit): Response {
+  const h = new Headers(headers);
+  h.set("content-type", "text/plain; charset=utf-8");
+  return new Response(body + "\n", { status, headers: h });
+}
+
+function methodNotAllowed(): Response {
+  return text(405, "method not allowed: use GET or HEAD", { allow: "GET, HEAD" });
+}
+
+function hasToken(header: string | null, token: string): boolean {
+  return header?.split(",").some((t) => t.trim().toLowerCase() === token) ?? false;
+}
+
+const KEY_PATTERN = /^[A-Za-z0-9+/]{22}==$/;
+
+/**
+ * Checks the handshake headers. Deno's upgrade throws on bad ones, and the
+ * request's headers cannot be read after that, so this runs first.
+ *
+ * @returns A 400/405/426 response, or null when the handshake is valid.
+ */
+export function checkHandshake(req: Request): Response | null {
+  if (req.method !== "GET") return text(400, "bad handshake: a WebSocket upgrade must use GET");
+  if (!hasToken(req.headers.get("connection"), "upgrade")) {
+    return text(400, "bad handshake: the Connection header must include Upgrade");
+  }
+  const version = req.headers.get("sec-websocket-version");
+  if (version?.trim() !== "13") {
+    return text(426, "bad handshake: Sec-WebSocket-Version must be 13", {
+      "sec-websocket-version": "13",
+      upgrade: "websocket",
+    });
+  }
+  const key = req.headers.get("sec-websocket-key")?.trim();
+  if (!key || !KEY_PATTERN.test(key)) {
+    return text(400, "bad handshake: Sec-WebSocket-Key must be 16 bytes in base64");
+  }
+  return null;
+}
+
+/** Resolves a path to a room name, or an error response. */
+function roomOf(path: string): string | Response {
+  if (path === "/") return LOBBY;
+  const name = path.slice(1);
+  if (name.includes("/") || name.includes(".")) return text(404, "not found");
+  if (!ROOM_PATTERN.test(name)) {
+    return text(400, "bad room name: use 1 to 64 characters from A-Z a-z 0-9 _ -");
+  }
+  return name;
+}
+
+/** Creates the handler. */
+export function createHandler(options: HandlerOptions): Handler {
+  const { hub, assets } = options;
+  const upgrade: Upgrade = options.upgrade ?? Deno.upgradeWebSocket;
+  const accepting = options.accepting ?? (() => true);
+  const page = assets.get("/index.html");
+  const { historySize } = hub.options;
+
+  function websocket(req: Request, room: string, info?: Deno.ServeHandlerInfo): Response {
+    const bad = checkHandshake(req);
+    if (bad) return bad;
+    if (!accepting()) return text(503, "shutting down: connect to another instance");
+    const url = new URL(req.url);
+    const rich = hasToken(req.headers.get("sec-websocket-protocol"), SUBPROTOCOL);
+    let history: number | undefined;
+    let last: Position | undefined;
+    const historyParam = url.searchParams.get("history");
+    if (historyParam !== null) {
+      history = /^\d{1,9}$/.test(historyParam) ? Number(historyParam) : NaN;
+      if (!(history <= historySize)) {
+        return text(400, `bad history: expected an integer from 0 to ${historySize}`);
+      }
+    }
+    const lastParam = url.searchParams.get("last");
+    const epochParam = url.searchParams.get("epoch");
+    if (lastParam !== null || epochParam !== null) {
+      try {
+        last = parsePosition(epochParam, lastParam);
+      } catch (error) {
+        if (!(error instanceof ProtocolError)) throw error;
+        return text(400, `bad resume position: ${error.message}; use ?epoch=E&last=N`);
+      }
+    }
+    // Neither the request nor its info can be read after the upgrade.
+    const ip = info && "hostname" in info.remoteAddr ? info.remoteAddr.hostname : undefined;
+    const { socket, response } = upgrade(req, {
+      protocol: rich ? SUBPROTOCOL : undefined,
+      idleTimeout: options.idleTimeout,
+    });
+    socket.binaryType = "arraybuffer";
+    let conn: Connection | undefined;
+    // An exception escaping a WebSocket event handler ends the process.
+    const guard = <E extends Event>(fn: (event: E) => void) => (event: E) => {
+      try {
+        fn(event);
+      } catch (error) {
+        hub.log.error("socket_handler_failed", { error: String(error) });
+        try {
+          conn?.close(1011, "internal error");
+        } catch {
+          // Nothing more to do.
+        }
+      }
+    };
+    socket.onopen = guard(() => {
+      conn = hub.connect(socket, { room, rich, history, last, ip });
+    });
+    socket.onmessage = guard((event: MessageEvent) => conn?.receive(event.data));
+    socket.onclose = guard(() => conn?.close());
+    socket.onerror = guard(() => conn?.close());
+    return response;
+  }
+
+  return async (req, info) => {
+    const url = new URL(req.url);
+    const path = url.pathname;
+    const isRead = req.method === "GET" || req.method === "HEAD";
+    switch (path) {
+      case "/healthz":
+        return isRead ? text(200, "ok") : methodNotAllowed();
+      case "/readyz": {
+        if (!isRead) return methodNotAllowed();
+        if (!accepting()) return text(503, "not ready: shutting down");
+        const ready = await hub.options.engine.ready().catch(() => false);
+        return ready ? text(200, "ready") : text(503, "not ready: engine unreachable");
+      }
+      case "/metrics":
+        if (!isRead) return methodNotAllowed();
+        return new Response(req.method === "HEAD" ? null : hub.metrics.render(), {
+          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        });
+    }
+    const asset = assets.get(path);
+    if (asset) return isRead ? serveAsset(req, asset, SECURITY_HEADERS) : methodNotAllowed();
+    const room = roomOf(path);
+    if (room instanceof Response) return room;
+    if (req.headers.has("upgrade")) {
+      if (!hasToken(req.headers.get("upgrade"), "websocket")) {
+        return text(400, "bad handshake: the Upgrade header must be websocket");
+      }
+      return websocket(req, room, info);
+    }
+    if (!isRead) return methodNotAllowed();
+    if (!page) return text(404, "not found: static/index.html is missing");
+    return serveAsset(req, page, SECURITY_HEADERS);
+  };
+}

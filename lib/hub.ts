@@ -1,0 +1,567 @@
+/**
+ * The room hub: keeps the sockets of each room and relays what the engine
+ * publishes to them, in raw or rich form.
+ *
+ * The hub only needs {@linkcode Socket}, a small part of `WebSocket`, so tests
+ * can hand it plain objects.
+ *
+ * @module
+ */
+
+import type { Engine, EngineEvent, MessageDraft, Unsubscribe } from "./engine.ts";
+import { type Logger, silentLogger } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import {
+  type ClientEnvelope,
+  CloseCode,
+  encode,
+  type ErrorCode,
+  type Member,
+  messageEnvelope,
+  parseClientEnvelope,
+  type Position,
+  ProtocolError,
+  rawText,
+  type ServerEvent,
+  type StoredMessage,
+} from "./protocol.ts";
+
+/** The part of a WebSocket the hub uses. */
+export interface Socket {
+  readonly readyState: number;
+  readonly bufferedAmount: number;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+}
+
+const OPEN = 1;
+
+/** Close code for a peer that does not read fast enough. */
+export const SLOW_CONSUMER = 4001;
+
+/** Options of {@linkcode Hub}. */
+export interface HubOptions {
+  engine: Engine;
+  /** Messages a rich client gets on a fresh join. */
+  joinHistory: number;
+  /** Most messages a raw client may ask for with `?history=N`. */
+  historySize: number;
+  maxMessageBytes: number;
+  maxTextLength: number;
+  /** A peer with more than this many bytes queued is closed with {@linkcode SLOW_CONSUMER}. */
+  maxBufferedBytes: number;
+  /** Presence entries expire this long after their last refresh. */
+  presenceTtlMs?: number;
+  /** Refresh presence entries this often (no timer when unset). */
+  presenceRefreshMs?: number;
+  logger?: Logger;
+  metrics?: Metrics;
+}
+
+/** How a socket joins. */
+export interface ConnectInfo {
+  room: string;
+  /** True for the `parley.v1` subprotocol. */
+  rich: boolean;
+  /** Raw mode: messages of history to send first. */
+  history?: number;
+  /** Rich mode: last position seen, from the URL (the `hello` envelope overrides it). */
+  last?: Position;
+  /** Client address, for logs. */
+  ip?: string;
+}
+
+/** Makes the public member id of a private client identity. */
+async function memberId(client: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(client));
+  return Array.from(new Uint8Array(digest).slice(0, 8), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+}
+
+/** Guesses a media type from the first bytes of a file. */
+export function sniffMime(data: Uint8Array): string {
+  const starts = (...sig: number[]) => sig.every((b, i) => data[i] === b);
+  if (starts(0x89, 0x50, 0x4e, 0x47)) return "image/png";
+  if (starts(0xff, 0xd8, 0xff)) return "image/jpeg";
+  if (starts(0x47, 0x49, 0x46, 0x38)) return "image/gif";
+  if (starts(0x52, 0x49, 0x46, 0x46) && data[8] === 0x57 && data[9] === 0x45) return "image/webp";
+  return "application/octet-stream";
+}
+
+/** Wire forms of one message, each built at most once per fan-out. */
+class Outgoing {
+  #envelope?: string;
+  #raw?: string;
+  constructor(readonly message: StoredMessage) {}
+  get envelope(): string {
+    return this.#envelope ??= messageEnvelope(this.message);
+  }
+  get raw(): string {
+    return this.#raw ??= rawText(this.message);
+  }
+}
+
+class Room {
+  readonly peers = new Set<Connection>();
+  unsubscribe?: Unsubscribe;
+  constructor(readonly name: string) {}
+}
+
+let connectionCounter = 0;
+const instance = crypto.randomUUID().slice(0, 8);
+
+/** One socket in one room. */
+export class Connection {
+  readonly id = `${instance}-${++connectionCounter}`;
+  /** Rich mode: the member, once `hello` was accepted. */
+  member?: Member;
+  #client?: string;
+  #state: "greeting" | "joining" | "live" | "closed";
+  /** Inbound frames held while joining. */
+  #inbox: (string | Uint8Array)[] | null = null;
+  /** Outbound events held while the replay is read. */
+  #backlog: EngineEvent[] | null = null;
+  /** Highest message id sent, to skip overlaps between replay and live. */
+  #lastId = 0;
+  #epoch?: string;
+  #pendingFile?: Extract<ClientEnvelope, { type: "file" }>;
+
+  constructor(
+    readonly hub: Hub,
+    readonly socket: Socket,
+    readonly info: ConnectInfo,
+  ) {
+    this.#state = info.rich ? "greeting" : "live";
+  }
+
+  get rich(): boolean {
+    return this.info.rich;
+  }
+
+  get closed(): boolean {
+    return this.#state === "closed";
+  }
+
+  /** Sends, unless the socket is not open; evicts a peer that does not read. */
+  #send(data: string | Uint8Array): boolean {
+    if (this.#state === "closed" || this.socket.readyState !== OPEN) return false;
+    if (this.socket.bufferedAmount > this.hub.options.maxBufferedBytes) {
+      this.hub.metrics.inc("parley_slow_consumer_evictions_total");
+      this.close(SLOW_CONSUMER, "slow consumer: too much data queued; reconnect and resume");
+      return false;
+    }
+    try {
+      this.socket.send(data);
+      return true;
+    } catch (error) {
+      this.hub.log.warn("send_failed", { conn: this.id, error: String(error) });
+      this.close(CloseCode.internal, "send failed");
+      return false;
+    }
+  }
+
+  #event(event: ServerEvent) {
+    this.#send(encode(event));
+  }
+
+  #error(code: ErrorCode, message: string, cid?: string) {
+    this.#event({ type: "error", code, message, cid });
+  }
+
+  #sendMessage(out: Outgoing) {
+    const m = out.message;
+    if (m.epoch === this.#epoch && m.id <= this.#lastId) return;
+    this.#epoch = m.epoch;
+    this.#lastId = m.id;
+    this.hub.metrics.inc("parley_relays_total");
+    if (this.rich) {
+      if (!this.#send(out.envelope)) return;
+      if (m.data) this.#send(m.data);
+    } else if (m.text !== undefined) {
+      this.#send(out.raw);
+    } else if (m.data) {
+      this.#send(m.data);
+    }
+  }
+
+  /** Delivers one engine event (the room builds `out` once for all peers). */
+  deliver(event: EngineEvent, out?: Outgoing): void {
+    if (this.#state === "closed") return;
+    if (this.#backlog) {
+      this.#backlog.push(event);
+      return;
+    }
+    if (event.type === "message") {
+      this.#sendMessage(out ?? new Outgoing(event.message));
+      return;
+    }
+    if (!this.rich || !this.member) return;
+    if (event.type === "rename" && event.member.id === this.member.id) {
+      this.member = { ...event.member };
+    }
+    this.#event(event);
+  }
+
+  /** Takes one frame from the socket. */
+  receive(data: string | ArrayBuffer | Uint8Array): void {
+    if (this.#state === "closed") return;
+    const frame = typeof data === "string" || data instanceof Uint8Array
+      ? data
+      : new Uint8Array(data);
+    const size = this.hub.frameSize(frame);
+    const { maxMessageBytes } = this.hub.options;
+    this.hub.metrics.inc("parley_messages_in_total", { mode: this.rich ? "rich" : "raw" });
+    this.hub.metrics.inc("parley_bytes_in_total", undefined, size);
+    if (size > maxMessageBytes) {
+      this.hub.metrics.inc("parley_drops_total", { reason: "too_big" });
+      this.close(CloseCode.tooBig, `message too big: the limit is ${maxMessageBytes} bytes`);
+      return;
+    }
+    if (this.#inbox) {
+      this.#inbox.push(frame);
+      return;
+    }
+    this.#handle(frame);
+  }
+
+  #handle(frame: string | Uint8Array) {
+    const { engine } = this.hub.options;
+    const room = this.info.room;
+    if (!this.rich) {
+      const draft: MessageDraft = typeof frame === "string"
+        ? { from: null, text: frame }
+        : { from: null, data: frame, name: "file", mime: sniffMime(frame) };
+      this.#append(draft);
+      return;
+    }
+    if (typeof frame !== "string") {
+      this.#binary(frame);
+      return;
+    }
+    let envelope: ClientEnvelope;
+    try {
+      envelope = parseClientEnvelope(frame, this.hub.options);
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      this.hub.metrics.inc("parley_protocol_errors_total", { code: error.code });
+      this.#error(error.code, error.message, error.cid);
+      return;
+    }
+    if (envelope.type === "hello") {
+      if (this.#state !== "greeting") {
+        this.#error("already_joined", "hello: this connection has already joined");
+      } else {
+        this.#join(envelope).catch((error) => this.#failed("join", error));
+      }
+      return;
+    }
+    if (!this.member) {
+      this.#error("hello_required", `${envelope.type}: send hello first`);
+      return;
+    }
+    switch (envelope.type) {
+      case "message":
+        this.#append({
+          from: this.member,
+          sender: this.#client,
+          cid: envelope.cid,
+          text: envelope.text,
+        }, envelope.cid);
+        break;
+      case "file":
+        this.#pendingFile = envelope;
+        break;
+      case "nick":
+        engine.rename(room, this.member.id, envelope.nick).catch((error) =>
+          this.#failed("rename", error)
+        );
+        break;
+      case "ping":
+        this.#event({ type: "pong", ts: Date.now() });
+        break;
+    }
+  }
+
+  #binary(data: Uint8Array) {
+    if (!this.member) {
+      this.#error("hello_required", "binary frame: send hello first");
+      return;
+    }
+    const file = this.#pendingFile;
+    this.#pendingFile = undefined;
+    if (file && file.size !== data.byteLength) {
+      this.#error(
+        "bad_file",
+        `file: announced ${file.size} bytes, the binary frame has ${data.byteLength}`,
+        file.cid,
+      );
+      return;
+    }
+    this.#append({
+      from: this.member,
+      sender: file ? this.#client : undefined,
+      cid: file?.cid,
+      data,
+      name: file?.name ?? "file",
+      mime: file?.mime ?? sniffMime(data),
+    }, file?.cid);
+  }
+
+  #append(draft: MessageDraft, cid?: string) {
+    this.hub.options.engine.append(this.info.room, draft).then(
+      ({ message, duplicate }) => {
+        if (cid !== undefined) {
+          this.#event({ type: "ack", cid, id: message.id, epoch: message.epoch, duplicate });
+        }
+      },
+      (error) => {
+        this.hub.log.error("append_failed", { conn: this.id, error: String(error) });
+        this.hub.metrics.inc("parley_drops_total", { reason: "engine" });
+        if (this.rich) {
+          this.#error("unavailable", "the message could not be stored; send it again", cid);
+        }
+      },
+    );
+  }
+
+  #failed(what: string, error: unknown) {
+    this.hub.log.error(`${what}_failed`, { conn: this.id, error: String(error) });
+    if (this.rich) this.#error("unavailable", `${what}: the server could not do it; try again`);
+  }
+
+  /** Raw mode: join at once, with `?history=N` first when asked. */
+  async start(): Promise<void> {
+    if (this.rich) return;
+    const history = Math.min(this.info.history ?? 0, this.hub.options.historySize);
+    this.#backlog = history > 0 ? [] : null;
+    this.hub.add(this);
+    if (history === 0) return;
+    try {
+      const { messages } = await this.hub.options.engine.read(this.info.room, undefined, history);
+      for (const m of messages) this.#sendMessage(new Outgoing(m));
+    } catch (error) {
+      this.hub.log.error("history_failed", { conn: this.id, error: String(error) });
+    }
+    this.#flushBacklog();
+  }
+
+  #flushBacklog() {
+    const backlog = this.#backlog ?? [];
+    this.#backlog = null;
+    for (const event of backlog) this.deliver(event);
+  }
+
+  async #join(hello: Extract<ClientEnvelope, { type: "hello" }>) {
+    const { engine, joinHistory } = this.hub.options;
+    const room = this.info.room;
+    this.#state = "joining";
+    this.#inbox = [];
+    this.#client = hello.client;
+    const id = await memberId(hello.client ?? crypto.randomUUID());
+    if (this.closed) return;
+    this.member = { id, nick: hello.nick };
+    this.#backlog = [];
+    this.hub.add(this);
+    const members = await engine.join(room, this.id, this.member, this.hub.presenceTtlMs);
+    if (this.closed) return;
+    // Presence events so far are already in `members`.
+    this.#backlog = this.#backlog.filter((e) => e.type === "message");
+    const last = hello.last ?? this.info.last;
+    const result = await engine.read(room, last, joinHistory);
+    if (this.closed) return;
+    const outcome = result.recovered === null ? "none" : result.recovered ? "recovered" : "lost";
+    this.hub.metrics.inc("parley_resumes_total", { outcome });
+    if (last && last.epoch === result.epoch && last.id > result.head) {
+      this.#error("bad_last", `last.id: ${last.id} was never issued in epoch ${last.epoch}`);
+    }
+    this.#event({
+      type: "welcome",
+      room,
+      epoch: result.epoch,
+      head: result.head,
+      you: this.member,
+      members,
+      recovered: result.recovered,
+      replay: result.messages.length,
+    });
+    for (const m of result.messages) this.#sendMessage(new Outgoing(m));
+    this.#epoch ??= result.epoch;
+    this.#state = "live";
+    this.#flushBacklog();
+    this.hub.log.info("join", { conn: this.id, room, member: id, outcome });
+    const inbox = this.#inbox;
+    this.#inbox = null;
+    for (const frame of inbox) if (!this.closed) this.#handle(frame);
+  }
+
+  /** Refreshes this connection's presence entry. */
+  refresh(): void {
+    if (this.#state !== "live" || !this.member) return;
+    this.hub.options.engine.join(this.info.room, this.id, this.member, this.hub.presenceTtlMs)
+      .catch((error) => this.hub.log.warn("presence_failed", { error: String(error) }));
+  }
+
+  /**
+   * Leaves the room at once and closes the socket. Safe to call any number of
+   * times (`onclose` can fire twice; eviction comes before `onclose`).
+   */
+  close(code?: number, reason?: string): void {
+    if (this.#state === "closed") return;
+    const wasMember = this.member !== undefined && this.#state !== "greeting";
+    this.#state = "closed";
+    this.#inbox = null;
+    this.#backlog = null;
+    this.hub.remove(this);
+    if (wasMember) {
+      this.hub.options.engine.leave(this.info.room, this.id).catch((error) =>
+        this.hub.log.warn("presence_failed", { error: String(error) })
+      );
+    }
+    if (code !== undefined) {
+      this.hub.metrics.inc("parley_closes_total", { code });
+      this.hub.log.info("close", { conn: this.id, room: this.info.room, code, reason });
+    }
+    try {
+      if (this.socket.readyState < 2) this.socket.close(code, reason);
+    } catch {
+      // Already closing.
+    }
+  }
+}
+
+/** Keeps the connections of every room. */
+export class Hub {
+  readonly options: HubOptions;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly presenceTtlMs: number;
+  #rooms = new Map<string, Room>();
+  #connections = new Set<Connection>();
+  #timer?: ReturnType<typeof setInterval>;
+  #encoder = new TextEncoder();
+
+  constructor(options: HubOptions) {
+    this.options = options;
+    this.log = options.logger ?? silentLogger;
+    this.metrics = options.metrics ?? createMetrics(this);
+    this.presenceTtlMs = options.presenceTtlMs ?? 60_000;
+    if (options.presenceRefreshMs) {
+      const timer = setInterval(() => {
+        for (const conn of this.#connections) conn.refresh();
+      }, options.presenceRefreshMs);
+      Deno.unrefTimer(timer);
+      this.#timer = timer;
+    }
+  }
+
+  /** Open connections, joined or not. */
+  get connections(): ReadonlySet<Connection> {
+    return this.#connections;
+  }
+
+  /** Names of rooms with at least one connection here. */
+  get rooms(): ReadonlyMap<string, { readonly peers: ReadonlySet<Connection> }> {
+    return this.#rooms;
+  }
+
+  /** Number of connections in a room. */
+  roomSize(room: string): number {
+    return this.#rooms.get(room)?.peers.size ?? 0;
+  }
+
+  /**
+   * Bytes of a frame on the wire. For text, exact only near the cap: UTF-8
+   * takes one to three bytes per UTF-16 code unit, so the length in code units
+   * is returned when that alone decides.
+   */
+  frameSize(frame: string | Uint8Array): number {
+    if (typeof frame !== "string") return frame.byteLength;
+    const max = this.options.maxMessageBytes;
+    if (frame.length > max || frame.length * 3 <= max) return frame.length;
+    return this.#encoder.encode(frame).length;
+  }
+
+  /**
+   * Starts handling a socket that just opened. Raw sockets join their room
+   * now; rich ones on their `hello`.
+   */
+  connect(socket: Socket, info: ConnectInfo): Connection {
+    const conn = new Connection(this, socket, info);
+    this.#connections.add(conn);
+    this.metrics.inc("parley_connections_total", { mode: info.rich ? "rich" : "raw" });
+    this.log.info("open", { conn: conn.id, room: info.room, rich: info.rich, ip: info.ip });
+    conn.start().catch((error) => this.log.error("start_failed", { error: String(error) }));
+    return conn;
+  }
+
+  /** Puts a connection in its room; subscribes the room to the engine when new. */
+  add(conn: Connection): void {
+    let room = this.#rooms.get(conn.info.room);
+    if (!room) {
+      const created = new Room(conn.info.room);
+      room = created;
+      this.#rooms.set(created.name, created);
+      created.unsubscribe = this.options.engine.subscribe(
+        created.name,
+        (event) => this.#fanOut(created, event),
+      );
+    }
+    room.peers.add(conn);
+  }
+
+  /** Takes a connection out of its room at once; drops the room when empty. */
+  remove(conn: Connection): void {
+    this.#connections.delete(conn);
+    const room = this.#rooms.get(conn.info.room);
+    if (!room || !room.peers.delete(conn)) return;
+    if (room.peers.size === 0) {
+      room.unsubscribe?.();
+      this.#rooms.delete(room.name);
+    }
+  }
+
+  #fanOut(room: Room, event: EngineEvent) {
+    const out = event.type === "message" ? new Outgoing(event.message) : undefined;
+    for (const peer of room.peers) {
+      try {
+        peer.deliver(event, out);
+      } catch (error) {
+        this.log.error("deliver_failed", { conn: peer.id, error: String(error) });
+        peer.close(CloseCode.internal, "internal error");
+      }
+    }
+  }
+
+  /** Closes every connection (1001 by default) and stops the presence timer. */
+  close(code: number = CloseCode.goingAway, reason = "server shutting down"): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    for (const conn of [...this.#connections]) conn.close(code, reason);
+  }
+}
+
+/** The metrics of a hub, with gauges read from it. */
+export function createMetrics(hub: Hub): Metrics {
+  return new Metrics()
+    .gauge("parley_connections", "Open WebSocket connections by mode.", () => {
+      let rich = 0;
+      for (const c of hub.connections) if (c.rich) rich++;
+      return [[{ mode: "raw" }, hub.connections.size - rich], [{ mode: "rich" }, rich]];
+    })
+    .gauge("parley_rooms", "Rooms with at least one connection.", () => [[
+      undefined,
+      hub.rooms.size,
+    ]])
+    .counter("parley_connections_total", "Connections accepted, by mode.")
+    .counter("parley_messages_in_total", "Frames received from clients, by mode.")
+    .counter(
+      "parley_bytes_in_total",
+      "Bytes of binary frames and UTF-16 code units of text frames received.",
+    )
+    .counter("parley_relays_total", "Messages sent to peers (one per peer).")
+    .counter("parley_drops_total", "Messages dropped, by reason.")
+    .counter("parley_closes_total", "Connections closed by the server, by close code.")
+    .counter("parley_slow_consumer_evictions_total", "Peers closed for not reading.")
+    .counter("parley_protocol_errors_total", "Error envelopes sent, by code.")
+    .counter("parley_resumes_total", "Rich joins by resume outcome.");
+}
