@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { ConfigError, DEFAULT_CONFIG, loadConfig } from "../lib/config.ts";
+
+const env = (vars: Record<string, string>) => (name: string) => vars[name];
+
+Deno.test("config: defaults when nothing is set", () => {
+  assert.deepEqual(loadConfig(env({})), {
+    ...DEFAULT_CONFIG,
+    certFile: undefined,
+    keyFile: undefined,
+  });
+  assert.equal(DEFAULT_CONFIG.port, 8000);
+  assert.equal(DEFAULT_CONFIG.hostname, "0.0.0.0");
+});
+
+Deno.test("config: reads every variable", () => {
+  const config = loadConfig(env({
+    PORT: "9000",
+    HOSTNAME: "127.0.0.1",
+    TLS_CERT_FILE: "cert.pem",
+    TLS_KEY_FILE: "key.pem",
+    HISTORY_SIZE: "200",
+    JOIN_HISTORY: "20",
+    HISTORY_BYTES: "4MiB",
+    HISTORY_FILE_BYTES: "512KiB",
+    MAX_MESSAGE_BYTES: "65536",
+    MAX_TEXT_LENGTH: "500",
+    SLOW_CONSUMER_BYTES: "1MiB",
+    IDLE_TIMEOUT: "0",
+    LOG_LEVEL: "WARN",
+  }));
+  assert.deepEqual(config, {
+    port: 9000,
+    hostname: "127.0.0.1",
+    certFile: "cert.pem",
+    keyFile: "key.pem",
+    historySize: 200,
+    joinHistory: 20,
+    historyBytes: 4 * 1024 * 1024,
+    historyFileBytes: 512 * 1024,
+    maxMessageBytes: 65536,
+    maxTextLength: 500,
+    slowConsumerBytes: 1024 * 1024,
+    idleTimeout: 0,
+    logLevel: "warn",
+  });
+});
+
+Deno.test("config: empty values mean the default", () => {
+  assert.equal(loadConfig(env({ PORT: "", LOG_LEVEL: " " })).port, 8000);
+});
+
+const bad: [Record<string, string>, string, RegExp][] = [
+  [{ PORT: "abc" }, "PORT", /^PORT="abc": expected an integer port from 0 to 65535$/],
+  [{ PORT: "65536" }, "PORT", /65535/],
+  [{ PORT: "-1" }, "PORT", /PORT="-1"/],
+  [{ PORT: "80.5" }, "PORT", /PORT="80.5"/],
+  [{ HOSTNAME: "bad host" }, "HOSTNAME", /host name or IP/],
+  [{ TLS_CERT_FILE: "c.pem" }, "TLS_KEY_FILE", /since TLS_CERT_FILE is set/],
+  [{ TLS_KEY_FILE: "k.pem" }, "TLS_CERT_FILE", /since TLS_KEY_FILE is set/],
+  [{ HISTORY_SIZE: "0" }, "HISTORY_SIZE", /from 1 to/],
+  [{ JOIN_HISTORY: "2000" }, "JOIN_HISTORY", /from 0 to 1000/],
+  [{ MAX_MESSAGE_BYTES: "2 apples" }, "MAX_MESSAGE_BYTES", /byte count/],
+  [{ MAX_MESSAGE_BYTES: "10" }, "MAX_MESSAGE_BYTES", /from 1024/],
+  [{ IDLE_TIMEOUT: "soon" }, "IDLE_TIMEOUT", /seconds/],
+  [{ LOG_LEVEL: "loud" }, "LOG_LEVEL", /one of debug, info, warn, error, silent/],
+];
+
+for (const [vars, variable, message] of bad) {
+  Deno.test(`config: rejects ${JSON.stringify(vars)}`, () => {
+    assert.throws(() => loadConfig(env(vars)), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.equal(error.variable, variable);
+      assert.match(error.message, message);
+      assert.ok(!error.message.includes("\n"), "one line");
+      return true;
+    });
+  });
+}

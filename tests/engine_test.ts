@@ -1,0 +1,185 @@
+/**
+ * Engine conformance: every engine must pass these. Later engines add a
+ * factory to ENGINES.
+ */
+import assert from "node:assert/strict";
+import type { Engine, EngineEvent } from "../lib/engine.ts";
+import { MemoryEngine } from "../lib/engines/memory.ts";
+
+interface Factory {
+  name: string;
+  make(options: { historySize: number; now?: () => number }): Promise<Engine>;
+}
+
+const ENGINES: Factory[] = [{
+  name: "memory",
+  make: (o) =>
+    Promise.resolve(
+      new MemoryEngine({ historyBytes: 1 << 20, historyFileBytes: 16, ...o }),
+    ),
+}];
+
+const ann = { id: "m-ann", nick: "ann" };
+
+for (const factory of ENGINES) {
+  const test = (name: string, fn: () => Promise<void>) =>
+    Deno.test(`engine ${factory.name}: ${name}`, fn);
+
+  test("ids strictly increase per room, rooms are independent", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    const ids: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      ids.push((await engine.append("a", { from: null, text: `m${i}` })).message.id);
+    }
+    assert.deepEqual(ids, [1, 2, 3, 4, 5]);
+    const other = await engine.append("b", { from: null, text: "x" });
+    assert.equal(other.message.id, 1);
+    await engine.close();
+  });
+
+  test("epochs differ between stores and between rooms", async () => {
+    const one = await factory.make({ historySize: 10 });
+    const two = await factory.make({ historySize: 10 });
+    const a = (await one.append("r", { from: null, text: "x" })).message.epoch;
+    const b = (await two.append("r", { from: null, text: "x" })).message.epoch;
+    assert.notEqual(a, b);
+    assert.equal((await one.read("r", undefined, 1)).epoch, a);
+    await one.close();
+    await two.close();
+  });
+
+  test("read after an id is contiguous and recovered", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    for (let i = 1; i <= 6; i++) await engine.append("r", { from: null, text: `m${i}` });
+    const { epoch } = await engine.read("r", undefined, 0);
+    const after = await engine.read("r", { epoch, id: 3 }, 2);
+    assert.equal(after.recovered, true);
+    assert.deepEqual(after.messages.map((m) => m.text), ["m4", "m5", "m6"]);
+    const atHead = await engine.read("r", { epoch, id: 6 }, 2);
+    assert.equal(atHead.recovered, true);
+    assert.deepEqual(atHead.messages, []);
+    const fresh = await engine.read("r", undefined, 2);
+    assert.equal(fresh.recovered, null);
+    assert.deepEqual(fresh.messages.map((m) => m.id), [5, 6]);
+    assert.equal(fresh.head, 6);
+    await engine.close();
+  });
+
+  test("read says recovered false when the gap left history or the epoch changed", async () => {
+    const engine = await factory.make({ historySize: 3 });
+    for (let i = 1; i <= 8; i++) await engine.append("r", { from: null, text: `m${i}` });
+    const { epoch } = await engine.read("r", undefined, 0);
+    const lost = await engine.read("r", { epoch, id: 2 }, 2);
+    assert.equal(lost.recovered, false);
+    assert.deepEqual(lost.messages.map((m) => m.id), [7, 8]);
+    const edge = await engine.read("r", { epoch, id: 5 }, 2);
+    assert.equal(edge.recovered, true, "the oldest kept is 6, so after 5 is contiguous");
+    assert.deepEqual(edge.messages.map((m) => m.id), [6, 7, 8]);
+    const other = await engine.read("r", { epoch: "other", id: 7 }, 1);
+    assert.equal(other.recovered, false);
+    assert.deepEqual(other.messages.map((m) => m.id), [8]);
+    const future = await engine.read("r", { epoch, id: 99 }, 1);
+    assert.equal(future.recovered, false);
+    await engine.close();
+  });
+
+  test("dedup returns the original within the window", async () => {
+    const engine = await factory.make({ historySize: 3 });
+    const draft = { from: ann, sender: "client-a", cid: "c1", text: "hi" };
+    const first = await engine.append("r", draft);
+    const again = await engine.append("r", { ...draft, text: "changed" });
+    assert.equal(again.duplicate, true);
+    assert.equal(again.message.id, first.message.id);
+    const otherClient = await engine.append("r", { ...draft, sender: "client-b" });
+    assert.equal(otherClient.duplicate, false);
+    for (let i = 0; i < 3; i++) await engine.append("r", { from: null, text: "filler" });
+    const late = await engine.append("r", draft);
+    assert.equal(late.duplicate, false, "out of the window it is new");
+    await engine.close();
+  });
+
+  test("subscribers get messages in order; duplicates are not published", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    const seen: EngineEvent[] = [];
+    const stop = engine.subscribe("r", (e) => seen.push(e));
+    await engine.append("r", { from: null, text: "1" });
+    await engine.append("r", { from: ann, sender: "s", cid: "c", text: "2" });
+    await engine.append("r", { from: ann, sender: "s", cid: "c", text: "2" });
+    await engine.append("other", { from: null, text: "x" });
+    stop();
+    await engine.append("r", { from: null, text: "after" });
+    assert.deepEqual(seen.map((e) => e.type === "message" && e.message.text), ["1", "2"]);
+    await engine.close();
+  });
+
+  test("files above the history cap keep their id but not their bytes", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    const small = await engine.append("r", {
+      from: null,
+      data: new Uint8Array(16),
+      name: "s",
+      mime: "a/b",
+    });
+    const big = await engine.append("r", {
+      from: null,
+      data: new Uint8Array(17),
+      name: "b",
+      mime: "a/b",
+    });
+    assert.equal(big.message.data?.byteLength, 17, "live delivery gets the bytes");
+    const { messages } = await engine.read("r", undefined, 10);
+    assert.equal(messages[0].data?.byteLength, 16);
+    assert.equal(messages[1].id, big.message.id);
+    assert.equal(messages[1].data, undefined);
+    assert.equal(messages[1].size, 17);
+    assert.equal(small.message.size, 16);
+    await engine.close();
+  });
+
+  test("presence: one member across connections, join and leave once", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    const events: string[] = [];
+    engine.subscribe("r", (e) => e.type !== "message" && events.push(`${e.type}:${e.member.nick}`));
+    await engine.join("r", "c1", ann, 60_000);
+    const members = await engine.join("r", "c2", ann, 60_000);
+    assert.deepEqual(members, [ann]);
+    await engine.leave("r", "c1");
+    assert.deepEqual(await engine.members("r"), [ann]);
+    await engine.leave("r", "c2");
+    await engine.leave("r", "c2");
+    assert.deepEqual(await engine.members("r"), []);
+    assert.deepEqual(events, ["join:ann", "leave:ann"]);
+    await engine.close();
+  });
+
+  test("presence: rename is announced with the old nick", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    const events: EngineEvent[] = [];
+    engine.subscribe("r", (e) => events.push(e));
+    await engine.join("r", "c1", ann, 60_000);
+    await engine.rename("r", ann.id, "annie");
+    assert.deepEqual(events.at(-1), {
+      type: "rename",
+      member: { id: ann.id, nick: "annie" },
+      old: "ann",
+    });
+    assert.deepEqual(await engine.members("r"), [{ id: ann.id, nick: "annie" }]);
+    await engine.close();
+  });
+
+  test("presence entries expire when not refreshed", async () => {
+    let now = 1_000;
+    const engine = await factory.make({ historySize: 10, now: () => now });
+    const events: string[] = [];
+    engine.subscribe("r", (e) => e.type !== "message" && events.push(e.type));
+    await engine.join("r", "c1", ann, 100);
+    now += 50;
+    await engine.join("r", "c1", ann, 100); // refresh
+    now += 80;
+    assert.deepEqual(await engine.members("r"), [ann]);
+    now += 100;
+    assert.deepEqual(await engine.members("r"), []);
+    assert.deepEqual(events, ["join", "leave"]);
+    await engine.close();
+  });
+}

@@ -1,0 +1,54 @@
+/**
+ * Fakes for unit tests: a socket and a hub on the in-memory engine.
+ *
+ * @module
+ */
+
+import { MemoryEngine } from "../lib/engines/memory.ts";
+import { Hub, type HubOptions, type Socket } from "../lib/hub.ts";
+
+/** A socket that records what is sent and closed. */
+export class FakeSocket implements Socket {
+  readyState = 1;
+  bufferedAmount = 0;
+  sent: (string | Uint8Array)[] = [];
+  closes: { code?: number; reason?: string }[] = [];
+  failSend = false;
+
+  send(data: string | Uint8Array): void {
+    if (this.failSend) throw new Error("send failed");
+    this.sent.push(data);
+  }
+
+  close(code?: number, reason?: string): void {
+    this.closes.push({ code, reason });
+    this.readyState = 2;
+  }
+
+  /** Sent text frames parsed as JSON. */
+  envelopes(): Record<string, unknown>[] {
+    return this.sent.filter((f) => typeof f === "string").map((f) => JSON.parse(f as string));
+  }
+}
+
+/** A hub on a fresh in-memory engine with small defaults. */
+export function makeHub(options: Partial<HubOptions> = {}): Hub {
+  return new Hub({
+    engine: new MemoryEngine({
+      historySize: 100,
+      historyBytes: 1 << 20,
+      historyFileBytes: 1 << 16,
+    }),
+    joinHistory: 10,
+    historySize: 100,
+    maxMessageBytes: 1 << 20,
+    maxTextLength: 100,
+    maxBufferedBytes: 1 << 20,
+    ...options,
+  });
+}
+
+/** Lets pending promise callbacks run. */
+export function settle(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}

@@ -1,0 +1,174 @@
+import assert from "node:assert/strict";
+import { checkHandshake, createHandler, type Upgrade } from "../lib/handler.ts";
+import { makeAsset } from "../lib/static.ts";
+import { FakeSocket, makeHub } from "./fakes.ts";
+
+const HANDSHAKE = {
+  upgrade: "websocket",
+  connection: "Upgrade",
+  "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+  "sec-websocket-version": "13",
+};
+
+async function setup(upgrade?: Upgrade) {
+  const hub = makeHub();
+  const assets = new Map([
+    ["/index.html", await makeAsset("index.html", new TextEncoder().encode("<!doctype html>"))],
+    ["/app.js", await makeAsset("app.js", new TextEncoder().encode("export {};"))],
+    ["/style.css", await makeAsset("style.css", new TextEncoder().encode("body{}"))],
+  ]);
+  return createHandler({ hub, assets, upgrade });
+}
+
+async function call(path: string, init?: RequestInit, upgrade?: Upgrade) {
+  const handler = await setup(upgrade);
+  const res = await handler(new Request(`http://localhost${path}`, init));
+  const body = await res.text();
+  return { res, body };
+}
+
+Deno.test("handler serves the page at / and at room paths", async () => {
+  for (const path of ["/", "/dev", "/Team_2-b"]) {
+    const { res, body } = await call(path);
+    assert.equal(res.status, 200, path);
+    assert.equal(res.headers.get("content-type"), "text/html; charset=utf-8");
+    assert.equal(body, "<!doctype html>");
+    assert.match(res.headers.get("content-security-policy") ?? "", /script-src 'self'/);
+    assert.equal(res.headers.get("x-content-type-options"), "nosniff");
+  }
+});
+
+Deno.test("handler serves assets with content types and ETags", async () => {
+  const js = await call("/app.js");
+  assert.equal(js.res.status, 200);
+  assert.equal(js.res.headers.get("content-type"), "text/javascript; charset=utf-8");
+  assert.equal(js.body, "export {};");
+  const css = await call("/style.css");
+  assert.equal(css.res.headers.get("content-type"), "text/css; charset=utf-8");
+  assert.match(js.res.headers.get("etag") ?? "", /^"[0-9a-f]+"$/);
+  assert.notEqual(js.res.headers.get("etag"), css.res.headers.get("etag"));
+});
+
+Deno.test("handler answers 304 on a matching If-None-Match", async () => {
+  const first = await call("/app.js");
+  const etag = first.res.headers.get("etag")!;
+  for (const tag of [etag, `W/${etag}`, `"other", ${etag}`, "*"]) {
+    const { res, body } = await call("/app.js", { headers: { "if-none-match": tag } });
+    assert.equal(res.status, 304, tag);
+    assert.equal(body, "");
+    assert.equal(res.headers.get("etag"), etag);
+  }
+  const stale = await call("/app.js", { headers: { "if-none-match": '"stale"' } });
+  assert.equal(stale.res.status, 200);
+});
+
+Deno.test("handler answers HEAD without a body", async () => {
+  const { res, body } = await call("/app.js", { method: "HEAD" });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("content-length"), "10");
+  assert.equal(body, "");
+});
+
+Deno.test("handler answers 404 for unknown paths", async () => {
+  for (const path of ["/nope.js", "/a/b", "/static/app.js", "/../etc/passwd", "/%2e%2e/a/b.js"]) {
+    const { res } = await call(path);
+    assert.equal(res.status, 404, path);
+  }
+});
+
+Deno.test("handler answers 405 for other methods", async () => {
+  for (
+    const [path, method] of [["/app.js", "POST"], ["/", "PUT"], ["/room", "DELETE"], [
+      "/healthz",
+      "POST",
+    ]]
+  ) {
+    const { res } = await call(path, { method });
+    assert.equal(res.status, 405, `${method} ${path}`);
+    assert.equal(res.headers.get("allow"), "GET, HEAD");
+  }
+});
+
+Deno.test("handler rejects bad room names with 400 before any upgrade", async () => {
+  let upgraded = false;
+  const upgrade: Upgrade = () => {
+    upgraded = true;
+    throw new Error("must not upgrade");
+  };
+  for (const path of ["/" + "x".repeat(65), "/bad%20room", "/bad!room", "/caf%C3%A9"]) {
+    const { res, body } = await call(path, { headers: HANDSHAKE }, upgrade);
+    assert.equal(res.status, 400, path);
+    assert.match(body, /bad room name/);
+  }
+  assert.equal(upgraded, false);
+});
+
+Deno.test("handler upgrades a valid handshake with 101", async () => {
+  const handler = await setup();
+  const res = await handler(new Request("http://localhost/dev", { headers: HANDSHAKE }));
+  assert.equal(res.status, 101);
+  assert.equal(res.headers.get("sec-websocket-protocol"), null);
+  const rich = await handler(
+    new Request("http://localhost/dev", {
+      headers: { ...HANDSHAKE, "sec-websocket-protocol": "chat, parley.v1" },
+    }),
+  );
+  assert.equal(rich.status, 101);
+  assert.equal(rich.headers.get("sec-websocket-protocol"), "parley.v1");
+});
+
+Deno.test("handler passes room, mode and resume position to the upgrade", async () => {
+  let seen: Deno.UpgradeWebSocketOptions | undefined;
+  const upgrade: Upgrade = (_req, options) => {
+    seen = options;
+    return { socket: new FakeSocket() as unknown as WebSocket, response: new Response(null) };
+  };
+  const { res } = await call("/dev?epoch=abc&last=5", {
+    headers: { ...HANDSHAKE, "sec-websocket-protocol": "parley.v1" },
+  }, upgrade);
+  assert.equal(res.status, 200);
+  assert.equal(seen?.protocol, "parley.v1");
+});
+
+Deno.test("handler answers bad handshakes with 400 or 426 and a reason, never 500", async () => {
+  const cases: [Record<string, string>, number, RegExp][] = [
+    [{ ...HANDSHAKE, "sec-websocket-key": "" }, 400, /Sec-WebSocket-Key/],
+    [{ ...HANDSHAKE, "sec-websocket-key": "short" }, 400, /Sec-WebSocket-Key/],
+    [{ ...HANDSHAKE, "sec-websocket-version": "8" }, 426, /version/i],
+    [{ ...HANDSHAKE, connection: "keep-alive" }, 400, /Connection/],
+    [{ ...HANDSHAKE, upgrade: "h2c" }, 400, /Upgrade/],
+  ];
+  for (const [headers, status, reason] of cases) {
+    const { res, body } = await call("/", { headers });
+    assert.equal(res.status, status, JSON.stringify(headers));
+    assert.match(body, reason);
+  }
+  const noKey: Record<string, string> = { ...HANDSHAKE };
+  delete noKey["sec-websocket-key"];
+  assert.equal((await call("/", { headers: noKey })).res.status, 400);
+  const post = checkHandshake(
+    new Request("http://localhost/", { method: "POST", headers: HANDSHAKE }),
+  );
+  assert.equal(post?.status, 400);
+  await post?.body?.cancel();
+});
+
+Deno.test("handler rejects bad ?history and resume parameters with 400", async () => {
+  for (
+    const query of ["?history=abc", "?history=-1", "?history=101", "?epoch=x&last=abc", "?last=5"]
+  ) {
+    const { res } = await call(`/${query}`, { headers: HANDSHAKE });
+    assert.equal(res.status, 400, query);
+  }
+});
+
+Deno.test("handler serves /healthz, /readyz and /metrics", async () => {
+  const health = await call("/healthz");
+  assert.equal(health.res.status, 200);
+  const ready = await call("/readyz");
+  assert.equal(ready.res.status, 200);
+  const metrics = await call("/metrics");
+  assert.equal(metrics.res.status, 200);
+  assert.match(metrics.body, /^# HELP parley_connections /m);
+  assert.match(metrics.body, /^parley_connections\{mode="raw"\} 0$/m);
+});

@@ -1,0 +1,202 @@
+import assert from "node:assert/strict";
+import { SLOW_CONSUMER } from "../lib/hub.ts";
+import { FakeSocket, makeHub, settle } from "./fakes.ts";
+
+Deno.test("hub relays a text frame verbatim to every peer, the sender included", async () => {
+  const hub = makeHub();
+  const [a, b, c] = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(b, { room: "r", rich: false });
+  hub.connect(c, { room: "r", rich: false });
+  await settle();
+  conn.receive("ann: hello");
+  for (const s of [a, b, c]) assert.deepEqual(s.sent, ["ann: hello"]);
+});
+
+Deno.test("hub keeps text as text and binary as binary, byte for byte", async () => {
+  const hub = makeHub();
+  const [a, b] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(b, { room: "r", rich: false });
+  await settle();
+  const bytes = new Uint8Array([0, 1, 2, 255]);
+  conn.receive(bytes.buffer);
+  conn.receive(new ArrayBuffer(0));
+  conn.receive("12");
+  for (const s of [a, b]) {
+    assert.equal(s.sent.length, 3);
+    assert.ok(s.sent[0] instanceof Uint8Array);
+    assert.deepEqual([...(s.sent[0] as Uint8Array)], [0, 1, 2, 255]);
+    assert.ok(s.sent[1] instanceof Uint8Array);
+    assert.equal((s.sent[1] as Uint8Array).byteLength, 0);
+    assert.equal(s.sent[2], "12");
+  }
+});
+
+Deno.test("hub skips closing and closed sockets", async () => {
+  const hub = makeHub();
+  const [a, closing, closed] = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(closing, { room: "r", rich: false });
+  hub.connect(closed, { room: "r", rich: false });
+  await settle();
+  closing.readyState = 2;
+  closed.readyState = 3;
+  conn.receive("x");
+  assert.deepEqual(a.sent, ["x"]);
+  assert.deepEqual(closing.sent, []);
+  assert.deepEqual(closed.sent, []);
+});
+
+Deno.test("hub keeps rooms apart", async () => {
+  const hub = makeHub();
+  const [a, b, lobby] = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
+  const inA = hub.connect(a, { room: "a", rich: false });
+  const inB = hub.connect(b, { room: "b", rich: false });
+  hub.connect(lobby, { room: "lobby", rich: false });
+  await settle();
+  inA.receive("to a");
+  inB.receive(new Uint8Array([7]));
+  assert.deepEqual(a.sent, ["to a"]);
+  assert.equal(b.sent.length, 1);
+  assert.deepEqual(lobby.sent, []);
+});
+
+Deno.test("hub removes a peer on close, once, and drops the empty room", async () => {
+  const hub = makeHub();
+  const [a, b] = [new FakeSocket(), new FakeSocket()];
+  const connA = hub.connect(a, { room: "r", rich: false });
+  const connB = hub.connect(b, { room: "r", rich: false });
+  await settle();
+  connA.close();
+  connA.close(); // onclose can fire twice
+  assert.equal(hub.roomSize("r"), 1);
+  connB.receive("still here");
+  assert.deepEqual(a.sent, []);
+  assert.deepEqual(b.sent, ["still here"]);
+  connB.close();
+  assert.equal(hub.rooms.size, 0);
+  assert.equal(hub.connections.size, 0);
+});
+
+Deno.test("hub removes a peer whose send throws; others still get the frame", async () => {
+  const hub = makeHub();
+  const [a, bad, c] = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(bad, { room: "r", rich: false });
+  hub.connect(c, { room: "r", rich: false });
+  await settle();
+  bad.failSend = true;
+  conn.receive("x");
+  assert.deepEqual(a.sent, ["x"]);
+  assert.deepEqual(c.sent, ["x"]);
+  assert.equal(hub.roomSize("r"), 2);
+  assert.equal(bad.closes[0].code, 1011);
+});
+
+Deno.test("hub closes the sender of an oversized frame with 1009 and relays nothing", async () => {
+  const hub = makeHub({ maxMessageBytes: 1024 });
+  const [a, b] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(b, { room: "r", rich: false });
+  await settle();
+  conn.receive(new Uint8Array(1025));
+  conn.receive("é".repeat(513)); // 1026 bytes in UTF-8, 513 code units
+  assert.deepEqual(b.sent, []);
+  assert.equal(a.closes[0].code, 1009);
+  assert.equal(hub.roomSize("r"), 1);
+});
+
+Deno.test("hub counts UTF-8 bytes, not characters, near the cap", async () => {
+  const hub = makeHub({ maxMessageBytes: 1024 });
+  const [a, b] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(b, { room: "r", rich: false });
+  await settle();
+  conn.receive("é".repeat(512)); // exactly 1024 bytes: allowed
+  assert.equal(b.sent.length, 1);
+  conn.receive("é".repeat(400) + "a".repeat(300)); // 1100 bytes in 700 code units
+  assert.equal(b.sent.length, 1);
+  assert.equal(a.closes[0].code, 1009);
+});
+
+Deno.test("hub evicts a slow consumer at once, without waiting for onclose", async () => {
+  const hub = makeHub({ maxBufferedBytes: 100 });
+  const [a, slow] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(slow, { room: "r", rich: false });
+  await settle();
+  slow.bufferedAmount = 101;
+  conn.receive("x");
+  assert.equal(slow.closes[0].code, SLOW_CONSUMER);
+  assert.match(slow.closes[0].reason ?? "", /slow consumer/);
+  assert.equal(hub.roomSize("r"), 1);
+  assert.deepEqual(a.sent, ["x"]);
+});
+
+Deno.test("hub maps raw text to rich envelopes and rich messages to raw text", async () => {
+  const hub = makeHub();
+  const [raw, rich] = [new FakeSocket(), new FakeSocket()];
+  const rawConn = hub.connect(raw, { room: "r", rich: false });
+  const richConn = hub.connect(rich, { room: "r", rich: true });
+  richConn.receive(JSON.stringify({ type: "hello", nick: "bob", client: "client-0001" }));
+  await settle();
+  rawConn.receive("plain words");
+  richConn.receive(JSON.stringify({ type: "message", cid: "c1", text: "rich words" }));
+  await settle();
+  assert.deepEqual(raw.sent, ["plain words", "bob: rich words"]);
+  const [welcome, fromRaw, fromRich, ack] = rich.envelopes();
+  assert.equal(welcome.type, "welcome");
+  assert.deepEqual(
+    { type: fromRaw.type, from: fromRaw.from, text: fromRaw.text },
+    { type: "message", from: null, text: "plain words" },
+  );
+  assert.equal(fromRich.text, "rich words");
+  assert.equal((fromRich.from as { nick: string }).nick, "bob");
+  assert.deepEqual(ack, {
+    type: "ack",
+    cid: "c1",
+    id: fromRich.id,
+    epoch: fromRich.epoch,
+    duplicate: false,
+  });
+});
+
+Deno.test("hub serialises a message once for all rich peers", async () => {
+  const hub = makeHub();
+  const sockets = Array.from({ length: 3 }, () => new FakeSocket());
+  const conns = sockets.map((s) => hub.connect(s, { room: "r", rich: true }));
+  conns.forEach((c, i) => c.receive(JSON.stringify({ type: "hello", nick: `n${i}` })));
+  await settle();
+  await settle();
+  conns[0].receive(JSON.stringify({ type: "message", cid: "c1", text: "hi" }));
+  const last = sockets.map((s) =>
+    s.sent.findLast((f) => typeof f === "string" && f.includes('"hi"'))
+  );
+  assert.ok(last[0]);
+  // The very same string object, not three equal ones.
+  assert.ok(last.every((f) => f === last[0]));
+});
+
+Deno.test("hub announces presence once per member across tabs", async () => {
+  const hub = makeHub();
+  const observer = new FakeSocket();
+  hub.connect(observer, { room: "r", rich: true })
+    .receive(JSON.stringify({ type: "hello", nick: "obs" }));
+  await settle();
+  const tabs = [new FakeSocket(), new FakeSocket()];
+  const conns = tabs.map((s) => hub.connect(s, { room: "r", rich: true }));
+  for (const c of conns) {
+    c.receive(JSON.stringify({ type: "hello", nick: "ann", client: "same-client-1" }));
+    await settle();
+  }
+  const types = () => observer.envelopes().map((e) => e.type).filter((t) => t !== "welcome");
+  assert.deepEqual(types(), ["join"]);
+  conns[0].close();
+  await settle();
+  assert.deepEqual(types(), ["join"]);
+  conns[1].close();
+  conns[1].close();
+  await settle();
+  assert.deepEqual(types(), ["join", "leave"]);
+});
