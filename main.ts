@@ -31,6 +31,8 @@ export async function createApp(config: Config, log?: Logger): Promise<App> {
     maxMessageBytes: config.maxMessageBytes,
     maxTextLength: config.maxTextLength,
     maxBufferedBytes: config.slowConsumerBytes,
+    rateLimit: config.rateLimit,
+    rateBurst: config.rateBurst,
     presenceTtlMs: 60_000,
     presenceRefreshMs: 20_000,
     logger,
@@ -41,6 +43,10 @@ export async function createApp(config: Config, log?: Logger): Promise<App> {
     assets: await loadAssets(new URL("./static/", import.meta.url)),
     idleTimeout: config.idleTimeout,
     accepting: () => accepting,
+    allowedOrigins: config.allowedOrigins,
+    maxConnections: config.maxConnections,
+    maxConnectionsPerIp: config.maxConnectionsPerIp,
+    trustedProxies: config.trustedProxies,
   });
   return {
     handler,
@@ -64,6 +70,15 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   const app = await createApp(config);
+  // No exception may end the process: log it and go on.
+  globalThis.addEventListener("error", (event) => {
+    event.preventDefault();
+    app.log.error("uncaught_error", { error: String(event.error ?? event.message) });
+  });
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    app.log.error("unhandled_rejection", { error: String(event.reason) });
+  });
   const tls = config.certFile && config.keyFile
     ? { cert: Deno.readTextFileSync(config.certFile), key: Deno.readTextFileSync(config.keyFile) }
     : {};
@@ -87,6 +102,16 @@ if (import.meta.main) {
     await server.shutdown();
     Deno.exit(0);
   };
+  // When the listener dies on its own (Deno's accept loop stops when file
+  // descriptors run out), exit non-zero so a supervisor restarts us.
+  const fail = (why: string) => {
+    app.log.error("listener_stopped", { why });
+    Deno.exit(70);
+  };
+  server.finished.then(
+    () => stopping || fail("the listener stopped"),
+    (error) => fail(`the listener failed: ${error}`),
+  );
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
 }

@@ -33,6 +33,21 @@ export interface Config {
   slowConsumerBytes: number;
   /** Seconds without a pong before a peer is dropped (`IDLE_TIMEOUT`; 0 turns it off). */
   idleTimeout: number;
+  /**
+   * Origins allowed to open WebSockets (`ALLOWED_ORIGINS`, comma-separated, or
+   * `*`). Empty: the page's own origin. Requests without `Origin` are allowed.
+   */
+  allowedOrigins: string[];
+  /** Most open WebSockets in this process (`MAX_CONNECTIONS`); more get 503. */
+  maxConnections: number;
+  /** Most open WebSockets per client address (`MAX_CONNECTIONS_PER_IP`); more get 429. */
+  maxConnectionsPerIp: number;
+  /** Proxy addresses whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`). */
+  trustedProxies: string[];
+  /** Messages per second a connection may send on average (`RATE_LIMIT`). */
+  rateLimit: number;
+  /** Messages a connection may send at once (`RATE_BURST`). */
+  rateBurst: number;
   /** Log level (`LOG_LEVEL`): debug, info, warn, error or silent. */
   logLevel: LogLevel;
 }
@@ -55,6 +70,12 @@ export const DEFAULT_CONFIG: Readonly<Config> = {
   maxTextLength: 4000,
   slowConsumerBytes: 8 * 1024 * 1024,
   idleTimeout: 30,
+  allowedOrigins: [],
+  maxConnections: 10_000,
+  maxConnectionsPerIp: 200,
+  trustedProxies: [],
+  rateLimit: 5,
+  rateBurst: 30,
   logLevel: "info",
 };
 
@@ -72,6 +93,12 @@ export const ENV_VARS = [
   "MAX_TEXT_LENGTH",
   "SLOW_CONSUMER_BYTES",
   "IDLE_TIMEOUT",
+  "ALLOWED_ORIGINS",
+  "MAX_CONNECTIONS",
+  "MAX_CONNECTIONS_PER_IP",
+  "TRUSTED_PROXIES",
+  "RATE_LIMIT",
+  "RATE_BURST",
   "LOG_LEVEL",
 ] as const;
 
@@ -129,6 +156,25 @@ function bytes(env: EnvReader, name: string, fallback: number, min: number, max:
   return value;
 }
 
+function list(env: EnvReader, name: string, check: (item: string) => boolean, what: string) {
+  const raw = env(name)?.trim() ?? "";
+  const items = raw.split(",").map((item) => item.trim()).filter(Boolean);
+  const wrong = items.find((item) => !check(item));
+  if (wrong !== undefined) {
+    throw new ConfigError(name, raw, `${what}; ${JSON.stringify(wrong)} is not`);
+  }
+  return items;
+}
+
+const isOrigin = (item: string) => {
+  if (item === "*") return true;
+  try {
+    return new URL(item).origin === item;
+  } catch {
+    return false;
+  }
+};
+
 /**
  * Builds the configuration from the environment.
  *
@@ -168,6 +214,28 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     maxTextLength: integer(env, "MAX_TEXT_LENGTH", d.maxTextLength, 1, maxMessageBytes),
     slowConsumerBytes: bytes(env, "SLOW_CONSUMER_BYTES", d.slowConsumerBytes, 1024, 1024 ** 3),
     idleTimeout: integer(env, "IDLE_TIMEOUT", d.idleTimeout, 0, 86400, "seconds"),
+    allowedOrigins: list(
+      env,
+      "ALLOWED_ORIGINS",
+      isOrigin,
+      "a comma-separated list of origins such as https://chat.example.com, or *",
+    ),
+    maxConnections: integer(env, "MAX_CONNECTIONS", d.maxConnections, 1, 10_000_000),
+    maxConnectionsPerIp: integer(
+      env,
+      "MAX_CONNECTIONS_PER_IP",
+      d.maxConnectionsPerIp,
+      1,
+      10_000_000,
+    ),
+    trustedProxies: list(
+      env,
+      "TRUSTED_PROXIES",
+      (item) => /^[0-9A-Fa-f.:]+$/.test(item),
+      "a comma-separated list of IP addresses",
+    ),
+    rateLimit: integer(env, "RATE_LIMIT", d.rateLimit, 1, 1_000_000, "messages per second"),
+    rateBurst: integer(env, "RATE_BURST", d.rateBurst, 1, 1_000_000, "a message count"),
     logLevel,
   };
 }

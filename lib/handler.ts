@@ -32,6 +32,14 @@ export interface HandlerOptions {
   upgrade?: Upgrade;
   /** False once shutdown began: `/readyz` fails and upgrades get 503. */
   accepting?: () => boolean;
+  /** Exact origins allowed to connect, or `*`; empty means the page's own origin. */
+  allowedOrigins?: string[];
+  /** Most open WebSockets; more get 503. */
+  maxConnections?: number;
+  /** Most open WebSockets per client address; more get 429. */
+  maxConnectionsPerIp?: number;
+  /** Proxies whose `X-Forwarded-For` is believed. */
+  trustedProxies?: string[];
 }
 
 /** The request handler of `Deno.serve`. */
@@ -89,6 +97,40 @@ export function checkHandshake(req: Request): Response | null {
   return null;
 }
 
+/**
+ * Whether a WebSocket request's `Origin` may connect (the defence against
+ * Cross-Site WebSocket Hijacking). No `Origin` (a tool, not a browser) passes.
+ */
+export function originAllowed(req: Request, allowed: readonly string[]): boolean {
+  const origin = req.headers.get("origin");
+  if (origin === null) return true;
+  if (allowed.length > 0) return allowed.includes("*") || allowed.includes(origin);
+  try {
+    return new URL(origin).host === req.headers.get("host");
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The client's address: the peer's, or, when the peer is a trusted proxy, the
+ * nearest address in `X-Forwarded-For` that is not a trusted proxy.
+ */
+export function clientIp(
+  req: Request,
+  info: Deno.ServeHandlerInfo | undefined,
+  trusted: readonly string[],
+): string {
+  const peer = info && "hostname" in info.remoteAddr ? info.remoteAddr.hostname : "unknown";
+  if (!trusted.includes(peer)) return peer;
+  const hops = (req.headers.get("x-forwarded-for") ?? "").split(",").map((h) => h.trim())
+    .filter(Boolean);
+  for (let i = hops.length - 1; i >= 0; i--) {
+    if (!trusted.includes(hops[i])) return hops[i];
+  }
+  return hops[0] ?? peer;
+}
+
 /** Resolves a path to a room name, or an error response. */
 function roomOf(path: string): string | Response {
   if (path === "/") return LOBBY;
@@ -107,11 +149,33 @@ export function createHandler(options: HandlerOptions): Handler {
   const accepting = options.accepting ?? (() => true);
   const page = assets.get("/index.html");
   const { historySize } = hub.options;
+  const allowedOrigins = options.allowedOrigins ?? [];
+  const maxConnections = options.maxConnections ?? Infinity;
+  const maxPerIp = options.maxConnectionsPerIp ?? Infinity;
+  const trustedProxies = options.trustedProxies ?? [];
+  /** Upgraded sockets not yet closed, in all and by address. */
+  let open = 0;
+  const perIp = new Map<string, number>();
 
   function websocket(req: Request, room: string, info?: Deno.ServeHandlerInfo): Response {
     const bad = checkHandshake(req);
     if (bad) return bad;
     if (!accepting()) return text(503, "shutting down: connect to another instance");
+    if (!originAllowed(req, allowedOrigins)) {
+      hub.metrics.inc("parley_rejected_total", { reason: "origin" });
+      return text(403, "forbidden: this Origin may not connect (see ALLOWED_ORIGINS)");
+    }
+    const ip = clientIp(req, info, trustedProxies);
+    if (open >= maxConnections) {
+      hub.metrics.inc("parley_rejected_total", { reason: "capacity" });
+      return text(503, "server full: too many connections; try again later", {
+        "retry-after": "10",
+      });
+    }
+    if ((perIp.get(ip) ?? 0) >= maxPerIp) {
+      hub.metrics.inc("parley_rejected_total", { reason: "per_ip" });
+      return text(429, "too many connections from your address", { "retry-after": "10" });
+    }
     const url = new URL(req.url);
     const rich = hasToken(req.headers.get("sec-websocket-protocol"), SUBPROTOCOL);
     let history: number | undefined;
@@ -134,12 +198,22 @@ export function createHandler(options: HandlerOptions): Handler {
       }
     }
     // Neither the request nor its info can be read after the upgrade.
-    const ip = info && "hostname" in info.remoteAddr ? info.remoteAddr.hostname : undefined;
     const { socket, response } = upgrade(req, {
       protocol: rich ? SUBPROTOCOL : undefined,
       idleTimeout: options.idleTimeout,
     });
     socket.binaryType = "arraybuffer";
+    open++;
+    perIp.set(ip, (perIp.get(ip) ?? 0) + 1);
+    let counted = true;
+    const release = () => {
+      if (!counted) return;
+      counted = false;
+      open--;
+      const left = (perIp.get(ip) ?? 1) - 1;
+      if (left > 0) perIp.set(ip, left);
+      else perIp.delete(ip);
+    };
     let conn: Connection | undefined;
     // An exception escaping a WebSocket event handler ends the process.
     const guard = <E extends Event>(fn: (event: E) => void) => (event: E) => {
@@ -158,8 +232,14 @@ export function createHandler(options: HandlerOptions): Handler {
       conn = hub.connect(socket, { room, rich, history, last, ip });
     });
     socket.onmessage = guard((event: MessageEvent) => conn?.receive(event.data));
-    socket.onclose = guard(() => conn?.close());
-    socket.onerror = guard(() => conn?.close());
+    socket.onclose = guard(() => {
+      release();
+      conn?.close();
+    });
+    socket.onerror = guard(() => {
+      release();
+      conn?.close();
+    });
     return response;
   }
 

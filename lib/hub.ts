@@ -50,6 +50,10 @@ export interface HubOptions {
   maxTextLength: number;
   /** A peer with more than this many bytes queued is closed with {@linkcode SLOW_CONSUMER}. */
   maxBufferedBytes: number;
+  /** Messages per second a connection may send on average (no limit when unset). */
+  rateLimit?: number;
+  /** Messages a connection may send at once. */
+  rateBurst?: number;
   /** Presence entries expire this long after their last refresh. */
   presenceTtlMs?: number;
   /** Refresh presence entries this often (no timer when unset). */
@@ -125,6 +129,10 @@ export class Connection {
   #lastId = 0;
   #epoch?: string;
   #pendingFile?: Extract<ClientEnvelope, { type: "file" }>;
+  /** Token bucket: tokens left, when last refilled, and recent excess. */
+  #tokens: number;
+  #refilled = performance.now();
+  #excess = 0;
 
   constructor(
     readonly hub: Hub,
@@ -132,6 +140,7 @@ export class Connection {
     readonly info: ConnectInfo,
   ) {
     this.#state = info.rich ? "greeting" : "live";
+    this.#tokens = hub.options.rateBurst ?? 0;
   }
 
   get rich(): boolean {
@@ -152,6 +161,11 @@ export class Connection {
     }
     try {
       this.socket.send(data);
+      this.hub.metrics.inc(
+        "parley_bytes_out_total",
+        undefined,
+        typeof data === "string" ? data.length : data.byteLength,
+      );
       return true;
     } catch (error) {
       this.hub.log.warn("send_failed", { conn: this.id, error: String(error) });
@@ -217,11 +231,52 @@ export class Connection {
       this.close(CloseCode.tooBig, `message too big: the limit is ${maxMessageBytes} bytes`);
       return;
     }
+    if (!this.#allow()) {
+      this.#limited(frame);
+      return;
+    }
     if (this.#inbox) {
       this.#inbox.push(frame);
       return;
     }
     this.#handle(frame);
+  }
+
+  /** Takes a token from the bucket, if there is one. */
+  #allow(): boolean {
+    const { rateLimit, rateBurst } = this.hub.options;
+    if (!rateLimit || !rateBurst) return true;
+    const now = performance.now();
+    const refill = ((now - this.#refilled) / 1000) * rateLimit;
+    this.#refilled = now;
+    this.#tokens = Math.min(rateBurst, this.#tokens + refill);
+    this.#excess = Math.max(0, this.#excess - refill);
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+
+  /**
+   * Drops a frame over the rate. Excess decays at the allowed rate, so only a
+   * sender that keeps well over it (a flood, not a paste) is closed.
+   */
+  #limited(frame: string | Uint8Array) {
+    this.hub.metrics.inc("parley_rate_limited_total");
+    this.hub.metrics.inc("parley_drops_total", { reason: "rate" });
+    if (++this.#excess > this.hub.options.rateBurst!) {
+      this.close(CloseCode.policy, "flood: too many messages; slow down");
+      return;
+    }
+    if (!this.rich) return;
+    const cid = typeof frame === "string"
+      ? /"cid"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"/.exec(frame.slice(0, 256))?.[1]
+      : undefined;
+    const { rateLimit, rateBurst } = this.hub.options;
+    this.#error(
+      "rate_limited",
+      `too many messages: at most ${rateLimit} a second, ${rateBurst} at once; this one was dropped`,
+      cid,
+    );
   }
 
   #handle(frame: string | Uint8Array) {
@@ -561,7 +616,13 @@ export function createMetrics(hub: Hub): Metrics {
     .counter("parley_relays_total", "Messages sent to peers (one per peer).")
     .counter("parley_drops_total", "Messages dropped, by reason.")
     .counter("parley_closes_total", "Connections closed by the server, by close code.")
+    .counter(
+      "parley_bytes_out_total",
+      "Bytes of binary frames and UTF-16 code units of text frames sent.",
+    )
     .counter("parley_slow_consumer_evictions_total", "Peers closed for not reading.")
+    .counter("parley_rate_limited_total", "Frames dropped by the rate limit.")
     .counter("parley_protocol_errors_total", "Error envelopes sent, by code.")
-    .counter("parley_resumes_total", "Rich joins by resume outcome.");
+    .counter("parley_resumes_total", "Rich joins by resume outcome.")
+    .counter("parley_rejected_total", "Upgrades refused before the handshake, by reason.");
 }

@@ -63,6 +63,7 @@ export type ErrorCode =
   | "hello_required"
   | "already_joined"
   | "bad_file"
+  | "rate_limited"
   | "unavailable";
 
 /** A client envelope that does not validate, and why. */

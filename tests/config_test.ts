@@ -27,6 +27,12 @@ Deno.test("config: reads every variable", () => {
     MAX_TEXT_LENGTH: "500",
     SLOW_CONSUMER_BYTES: "1MiB",
     IDLE_TIMEOUT: "0",
+    ALLOWED_ORIGINS: "https://chat.example.com, http://localhost:8000",
+    MAX_CONNECTIONS: "500",
+    MAX_CONNECTIONS_PER_IP: "20",
+    TRUSTED_PROXIES: "127.0.0.1,::1",
+    RATE_LIMIT: "2",
+    RATE_BURST: "10",
     LOG_LEVEL: "WARN",
   }));
   assert.deepEqual(config, {
@@ -42,6 +48,12 @@ Deno.test("config: reads every variable", () => {
     maxTextLength: 500,
     slowConsumerBytes: 1024 * 1024,
     idleTimeout: 0,
+    allowedOrigins: ["https://chat.example.com", "http://localhost:8000"],
+    maxConnections: 500,
+    maxConnectionsPerIp: 20,
+    trustedProxies: ["127.0.0.1", "::1"],
+    rateLimit: 2,
+    rateBurst: 10,
     logLevel: "warn",
   });
 });
@@ -63,6 +75,11 @@ const bad: [Record<string, string>, string, RegExp][] = [
   [{ MAX_MESSAGE_BYTES: "2 apples" }, "MAX_MESSAGE_BYTES", /byte count/],
   [{ MAX_MESSAGE_BYTES: "10" }, "MAX_MESSAGE_BYTES", /from 1024/],
   [{ IDLE_TIMEOUT: "soon" }, "IDLE_TIMEOUT", /seconds/],
+  [{ ALLOWED_ORIGINS: "evil.com" }, "ALLOWED_ORIGINS", /"evil.com" is not/],
+  [{ ALLOWED_ORIGINS: "https://a.com/path" }, "ALLOWED_ORIGINS", /list of origins/],
+  [{ TRUSTED_PROXIES: "proxy.local" }, "TRUSTED_PROXIES", /IP addresses/],
+  [{ MAX_CONNECTIONS: "0" }, "MAX_CONNECTIONS", /from 1/],
+  [{ RATE_LIMIT: "fast" }, "RATE_LIMIT", /messages per second/],
   [{ LOG_LEVEL: "loud" }, "LOG_LEVEL", /one of debug, info, warn, error, silent/],
 ];
 

@@ -52,3 +52,17 @@ export function makeHub(options: Partial<HubOptions> = {}): Hub {
 export function settle(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, 0));
 }
+
+/** Waits until `check` holds (polling), or throws after two seconds. */
+export async function until(check: () => boolean, what = "condition"): Promise<void> {
+  const end = Date.now() + 2000;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+/** Waits until a rich fake socket got its `welcome`. */
+export function welcomed(socket: FakeSocket): Promise<void> {
+  return until(() => socket.envelopes().some((e) => e.type === "welcome"), "welcome");
+}

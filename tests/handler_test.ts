@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { checkHandshake, createHandler, type Upgrade } from "../lib/handler.ts";
+import { checkHandshake, clientIp, createHandler, type Upgrade } from "../lib/handler.ts";
 import { makeAsset } from "../lib/static.ts";
 import { FakeSocket, makeHub } from "./fakes.ts";
 
@@ -171,4 +171,76 @@ Deno.test("handler serves /healthz, /readyz and /metrics", async () => {
   assert.equal(metrics.res.status, 200);
   assert.match(metrics.body, /^# HELP parley_connections /m);
   assert.match(metrics.body, /^parley_connections\{mode="raw"\} 0$/m);
+});
+
+function fakeUpgrade(sockets: FakeSocket[] = []): Upgrade {
+  return () => {
+    const socket = new FakeSocket();
+    sockets.push(socket);
+    return { socket: socket as unknown as WebSocket, response: new Response(null) };
+  };
+}
+
+async function handlerWith(options: Partial<Parameters<typeof createHandler>[0]>) {
+  return createHandler({ hub: makeHub(), assets: new Map(), upgrade: fakeUpgrade(), ...options });
+}
+
+const from = (hostname: string) =>
+  ({ remoteAddr: { transport: "tcp", hostname, port: 1234 } }) as Deno.ServeHandlerInfo;
+
+Deno.test("handler checks Origin before the upgrade (CSWSH defence)", async () => {
+  const own = await handlerWith({});
+  const req = (origin?: string) =>
+    new Request("http://chat.local:8000/", {
+      headers: { ...HANDSHAKE, host: "chat.local:8000", ...(origin ? { origin } : {}) },
+    });
+  assert.equal((await own(req())).status, 200, "no Origin: a tool");
+  assert.equal((await own(req("http://chat.local:8000"))).status, 200, "the page's own origin");
+  const evil = await own(req("https://evil.example"));
+  assert.equal(evil.status, 403);
+  assert.match(await evil.text(), /Origin/);
+  const listed = await handlerWith({ allowedOrigins: ["https://chat.example.com"] });
+  assert.equal((await listed(req("https://chat.example.com"))).status, 200);
+  const notListed = await listed(req("http://chat.local:8000"));
+  assert.equal(notListed.status, 403, "an explicit list is exact");
+  await notListed.body?.cancel();
+  const any = await handlerWith({ allowedOrigins: ["*"] });
+  assert.equal((await any(req("https://evil.example"))).status, 200);
+});
+
+Deno.test("handler caps connections globally (503) and per address (429)", async () => {
+  const sockets: FakeSocket[] = [];
+  const handler = await handlerWith({
+    upgrade: fakeUpgrade(sockets),
+    maxConnections: 3,
+    maxConnectionsPerIp: 2,
+  });
+  const ws = () => new Request("http://localhost/", { headers: HANDSHAKE });
+  assert.equal((await handler(ws(), from("10.0.0.1"))).status, 200);
+  assert.equal((await handler(ws(), from("10.0.0.1"))).status, 200);
+  const perIp = await handler(ws(), from("10.0.0.1"));
+  assert.equal(perIp.status, 429);
+  await perIp.body?.cancel();
+  assert.equal((await handler(ws(), from("10.0.0.2"))).status, 200);
+  const full = await handler(ws(), from("10.0.0.3"));
+  assert.equal(full.status, 503);
+  await full.body?.cancel();
+  // A close frees a place, once even if close and error both fire.
+  const first = sockets[0] as unknown as { onclose: () => void; onerror: () => void };
+  first.onerror();
+  first.onclose();
+  assert.equal((await handler(ws(), from("10.0.0.1"))).status, 200);
+  const stillFull = await handler(ws(), from("10.0.0.4"));
+  assert.equal(stillFull.status, 503);
+  await stillFull.body?.cancel();
+});
+
+Deno.test("handler believes X-Forwarded-For only from a trusted proxy", () => {
+  const req = new Request("http://localhost/", {
+    headers: { "x-forwarded-for": "6.6.6.6, 203.0.113.9, 10.0.0.5" },
+  });
+  assert.equal(clientIp(req, from("198.51.100.1"), []), "198.51.100.1");
+  assert.equal(clientIp(req, from("198.51.100.1"), ["10.0.0.5"]), "198.51.100.1");
+  assert.equal(clientIp(req, from("10.0.0.5"), ["10.0.0.5"]), "203.0.113.9");
+  assert.equal(clientIp(req, from("127.0.0.1"), ["127.0.0.1", "10.0.0.5"]), "203.0.113.9");
 });

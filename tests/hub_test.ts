@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { SLOW_CONSUMER } from "../lib/hub.ts";
-import { FakeSocket, makeHub, settle } from "./fakes.ts";
+import { FakeSocket, makeHub, settle, until, welcomed } from "./fakes.ts";
 
 Deno.test("hub relays a text frame verbatim to every peer, the sender included", async () => {
   const hub = makeHub();
@@ -140,10 +140,10 @@ Deno.test("hub maps raw text to rich envelopes and rich messages to raw text", a
   const rawConn = hub.connect(raw, { room: "r", rich: false });
   const richConn = hub.connect(rich, { room: "r", rich: true });
   richConn.receive(JSON.stringify({ type: "hello", nick: "bob", client: "client-0001" }));
-  await settle();
+  await welcomed(rich);
   rawConn.receive("plain words");
   richConn.receive(JSON.stringify({ type: "message", cid: "c1", text: "rich words" }));
-  await settle();
+  await until(() => rich.envelopes().some((e) => e.type === "ack"), "ack");
   assert.deepEqual(raw.sent, ["plain words", "bob: rich words"]);
   const [welcome, fromRaw, fromRich, ack] = rich.envelopes();
   assert.equal(welcome.type, "welcome");
@@ -167,8 +167,7 @@ Deno.test("hub serialises a message once for all rich peers", async () => {
   const sockets = Array.from({ length: 3 }, () => new FakeSocket());
   const conns = sockets.map((s) => hub.connect(s, { room: "r", rich: true }));
   conns.forEach((c, i) => c.receive(JSON.stringify({ type: "hello", nick: `n${i}` })));
-  await settle();
-  await settle();
+  for (const s of sockets) await welcomed(s);
   conns[0].receive(JSON.stringify({ type: "message", cid: "c1", text: "hi" }));
   const last = sockets.map((s) =>
     s.sent.findLast((f) => typeof f === "string" && f.includes('"hi"'))
@@ -183,13 +182,13 @@ Deno.test("hub announces presence once per member across tabs", async () => {
   const observer = new FakeSocket();
   hub.connect(observer, { room: "r", rich: true })
     .receive(JSON.stringify({ type: "hello", nick: "obs" }));
-  await settle();
+  await welcomed(observer);
   const tabs = [new FakeSocket(), new FakeSocket()];
   const conns = tabs.map((s) => hub.connect(s, { room: "r", rich: true }));
   for (const c of conns) {
     c.receive(JSON.stringify({ type: "hello", nick: "ann", client: "same-client-1" }));
-    await settle();
   }
+  for (const s of tabs) await welcomed(s);
   const types = () => observer.envelopes().map((e) => e.type).filter((t) => t !== "welcome");
   assert.deepEqual(types(), ["join"]);
   conns[0].close();
@@ -199,4 +198,28 @@ Deno.test("hub announces presence once per member across tabs", async () => {
   conns[1].close();
   await settle();
   assert.deepEqual(types(), ["join", "leave"]);
+});
+
+Deno.test("hub drops messages over the rate with an error envelope, then closes a flood with 1008", async () => {
+  const hub = makeHub({ rateLimit: 0.01, rateBurst: 3 });
+  const [flooder, peer] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(flooder, { room: "r", rich: true });
+  hub.connect(peer, { room: "r", rich: false });
+  conn.receive(JSON.stringify({ type: "hello", nick: "f" })); // token 1
+  await welcomed(flooder);
+  for (let i = 0; i < 3; i++) {
+    conn.receive(JSON.stringify({ type: "message", cid: `c${i}`, text: "x" }));
+  }
+  await until(() => flooder.envelopes().filter((e) => e.type === "ack").length === 2, "acks");
+  assert.equal(peer.sent.length, 2, "burst of 3 minus the hello");
+  const limited = flooder.envelopes().filter((e) => e.type === "error");
+  assert.deepEqual(limited.map((e) => [e.code, e.cid]), [["rate_limited", "c2"]]);
+  assert.equal(flooder.closes.length, 0, "a burst is not a flood");
+  for (let i = 3; i < 10; i++) {
+    conn.receive(JSON.stringify({ type: "message", cid: `c${i}`, text: "x" }));
+  }
+  assert.equal(flooder.closes[0]?.code, 1008);
+  assert.equal(peer.sent.length, 2);
+  assert.equal(hub.roomSize("r"), 1);
+  assert.equal(hub.metrics.get("parley_rate_limited_total"), 4);
 });
