@@ -1,0 +1,1455 @@
+// @ts-check
+/**
+ * The Parley chat page: one rich-mode (`parley.v1`) WebSocket per open room,
+ * resumable history, exactly-once resends and files.
+ *
+ * User content reaches the DOM only through `textContent` and safe attributes.
+ *
+ * @module
+ */
+
+/** @typedef {{ id: string, nick: string }} Member */
+/** @typedef {ReturnType<typeof setTimeout>} Timer */
+/**
+ * A file as shown in the list. `url` is a blob: URL owned by the entry.
+ * @typedef {{ name: string, mime: string, size: number, omitted?: boolean, url?: string,
+ *   gone?: boolean, missing?: boolean }} FileInfo
+ */
+/**
+ * A message of the room, text or file, in server order.
+ * @typedef {{ key: string, id: number, epoch: string, ts: number, from: Member | null,
+ *   cid: string, text?: string, file?: FileInfo, stray?: boolean }} Entry
+ */
+/**
+ * A message of ours that the server has not acked yet.
+ * @typedef {{ cid: string, ts: number, text?: string,
+ *   file?: { name: string, mime: string, size: number, data: ArrayBuffer, url: string },
+ *   sentOn: WebSocket | null, attempts: number, failed?: string }} Outgoing
+ */
+/**
+ * Everything the page knows about one room.
+ * @typedef {{ name: string, epoch: string | null, lastId: number, entries: Entry[],
+ *   keys: Map<string, Entry>, outbox: Outgoing[], saveTimer: Timer | undefined }} RoomState
+ */
+/**
+ * A `file` envelope whose binary frame has not arrived yet. `entry` is null when
+ * the bytes are already known (our own file, or a duplicate) and are dropped.
+ * @typedef {{ epoch: string, id: number, entry: Entry | null }} ExpectedFile
+ */
+
+const SUBPROTOCOL = "parley.v1";
+const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+const CLIENT_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
+const MIME_PATTERN = /^[\w.+-]+\/[\w.+-]+$/;
+const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+const MAX_NICK_LENGTH = 32;
+const MAX_FILE_NAME_LENGTH = 255;
+/** The server's default MAX_MESSAGE_BYTES; a larger file would be refused anyway. */
+const MAX_FILE_BYTES = 2 * 1024 * 1024;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_CAP_MS = 15_000;
+/** A connection must stay up this long after `welcome` before backoff starts over. */
+const STABLE_MS = 5_000;
+const PING_EVERY_MS = 20_000;
+const PONG_TIMEOUT_MS = 15_000;
+/** Wait before resending a message the server could not take right now. */
+const RETRY_MS = 1_000;
+/** Connections that may die under an unacked message before it is given up. */
+const MAX_SEND_ATTEMPTS = 5;
+const MEMORY_ENTRIES = 1000;
+const STORED_ENTRIES = 200;
+const STATE_WORDS = ["connecting", "open", "closing", "closed"];
+const RECOVERY_NOTICE = "Could not resume: some messages may be missing.";
+
+// ---------------------------------------------------------------- DOM
+
+/**
+ * @template {HTMLElement} T
+ * @param {string} id
+ * @param {{ new (): T, prototype: T }} type
+ * @returns {T}
+ */
+function byId(id, type) {
+  const element = document.getElementById(id);
+  if (!(element instanceof type)) throw new TypeError(`Cannot start: #${id} is missing`);
+  return element;
+}
+
+const ui = {
+  roomName: byId("room-name", HTMLElement),
+  roomForm: byId("room-form", HTMLFormElement),
+  roomInput: byId("room-input", HTMLInputElement),
+  nickButton: byId("nick-button", HTMLButtonElement),
+  nickLabel: byId("nick-label", HTMLElement),
+  status: byId("status", HTMLElement),
+  reconnect: byId("reconnect", HTMLButtonElement),
+  notice: byId("notice", HTMLElement),
+  noticeText: byId("notice-text", HTMLElement),
+  noticeClose: byId("notice-close", HTMLButtonElement),
+  messages: byId("messages", HTMLOListElement),
+  compose: byId("compose", HTMLFormElement),
+  text: byId("text", HTMLTextAreaElement),
+  file: byId("file", HTMLInputElement),
+  membersPanel: byId("members-panel", HTMLElement),
+  membersToggle: byId("members-toggle", HTMLButtonElement),
+  memberCount: byId("member-count", HTMLElement),
+  members: byId("members", HTMLUListElement),
+  nickDialog: byId("nick-dialog", HTMLDialogElement),
+  nickForm: byId("nick-form", HTMLFormElement),
+  nickInput: byId("nick-input", HTMLInputElement),
+  nickError: byId("nick-error", HTMLElement),
+  nickCancel: byId("nick-cancel", HTMLButtonElement),
+  template: byId("message-template", HTMLTemplateElement),
+};
+
+// ---------------------------------------------------------------- storage
+
+/**
+ * @param {Storage} storage
+ * @param {string} key
+ * @returns {string | null}
+ */
+function load(storage, key) {
+  try {
+    return storage.getItem(key);
+  } catch {
+    return null; // storage disabled: the page still works, it just forgets
+  }
+}
+
+/**
+ * @param {Storage} storage
+ * @param {string} key
+ * @param {string} value
+ */
+function store(storage, key, value) {
+  try {
+    storage.setItem(key, value);
+  } catch {
+    // quota or disabled storage: forgetting is better than failing
+  }
+}
+
+/**
+ * @param {number} length
+ * @returns {string}
+ */
+function randomId(length) {
+  const bytes = crypto.getRandomValues(new Uint8Array(length));
+  return Array.from(bytes, (b) => ID_ALPHABET[b & 63]).join("");
+}
+
+/** @returns {string} */
+function loadClientId() {
+  const saved = load(localStorage, "parley.client");
+  if (saved && CLIENT_PATTERN.test(saved)) return saved;
+  const fresh = randomId(16);
+  store(localStorage, "parley.client", fresh);
+  return fresh;
+}
+
+/** @returns {string | null} */
+function loadNick() {
+  const saved = load(localStorage, "parley.nick");
+  return saved !== null && nickProblem(saved) === null ? saved.trim() : null;
+}
+
+/**
+ * The server's nickname rule: 1 to 32 characters after trimming, no control
+ * characters.
+ *
+ * @param {string} raw
+ * @returns {string | null} What is wrong, or null when the nickname is fine.
+ */
+function nickProblem(raw) {
+  const nick = raw.trim();
+  if (nick.length === 0) return "Enter a nickname.";
+  if ([...nick].length > MAX_NICK_LENGTH) {
+    return `A nickname has at most ${MAX_NICK_LENGTH} characters.`;
+  }
+  if (hasControl(nick)) return "A nickname cannot contain control characters.";
+  return null;
+}
+
+/**
+ * @param {string} value
+ * @returns {boolean}
+ */
+function hasControl(value) {
+  for (const ch of value) {
+    const c = ch.codePointAt(0) ?? 0;
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || c === 0x2028 || c === 0x2029) return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- state
+
+/** @param {string} pathname */
+function roomFromPath(pathname) {
+  const first = pathname.split("/")[1] ?? "";
+  return ROOM_PATTERN.test(first) ? first : "lobby";
+}
+
+/** @param {string} room */
+function pathOfRoom(room) {
+  return room === "lobby" && location.pathname === "/" ? "/" : `/${room}`;
+}
+
+/** @type {Map<string, RoomState>} */
+const rooms = new Map();
+/** @type {Map<string, Member>} member id to member, for the current room */
+const members = new Map();
+/** @type {Map<string, HTMLLIElement>} entry key to its element, for the current room */
+const elements = new Map();
+/** @type {Map<string, HTMLLIElement>} cid to the element of a pending message */
+const pendingElements = new Map();
+
+const state = {
+  room: roomFromPath(location.pathname),
+  client: loadClientId(),
+  nick: loadNick(),
+  /** A per-load prefix so cids never repeat for this client, even across reloads. */
+  cidPrefix: randomId(8),
+  cidCount: 0,
+  /** @type {WebSocket | null} */
+  ws: null,
+  joined: false,
+  /** @type {Member | null} */
+  me: null,
+  /** @type {ExpectedFile | null} */
+  expectedFile: null,
+  attempt: 0,
+  /** @type {Timer | undefined} */
+  reconnectTimer: undefined,
+  /** @type {Timer | undefined} */
+  stableTimer: undefined,
+  /** @type {ReturnType<typeof setInterval> | undefined} */
+  pingTimer: undefined,
+  pingSentAt: 0,
+  lastFrameAt: 0,
+  /** True while the page is being left: no reconnect. */
+  leaving: false,
+  /** True when the server closed normally (1000): wait for the user. */
+  stopped: false,
+  reconnectWhenVisible: false,
+  strayCount: 0,
+};
+
+/**
+ * @param {string} name
+ * @returns {RoomState}
+ */
+function roomState(name) {
+  let room = rooms.get(name);
+  if (!room) {
+    room = restoreRoom(name);
+    rooms.set(name, room);
+  }
+  return room;
+}
+
+/** @returns {RoomState} */
+function currentRoom() {
+  return roomState(state.room);
+}
+
+/**
+ * Reads a room's last position and recent messages from sessionStorage, so a
+ * reload resumes where it was.
+ *
+ * @param {string} name
+ * @returns {RoomState}
+ */
+function restoreRoom(name) {
+  /** @type {RoomState} */
+  const room = {
+    name,
+    epoch: null,
+    lastId: 0,
+    entries: [],
+    keys: new Map(),
+    outbox: [],
+    saveTimer: undefined,
+  };
+  try {
+    const saved = JSON.parse(load(sessionStorage, `parley.room.${name}`) ?? "null");
+    if (!saved || typeof saved.epoch !== "string" || !Number.isSafeInteger(saved.last)) {
+      return room;
+    }
+    room.epoch = saved.epoch;
+    room.lastId = saved.last;
+    for (const raw of Array.isArray(saved.entries) ? saved.entries : []) {
+      const entry = readEntry(raw, saved.epoch);
+      if (!entry || room.keys.has(entry.key)) continue;
+      if (entry.file) entry.file.gone = !entry.file.omitted;
+      room.entries.push(entry);
+      room.keys.set(entry.key, entry);
+    }
+    room.entries.sort((a, b) => a.id - b.id);
+  } catch {
+    // a damaged record is as good as none
+  }
+  return room;
+}
+
+/** @param {RoomState} room */
+function scheduleSave(room) {
+  if (room.saveTimer) return;
+  room.saveTimer = setTimeout(() => saveRoom(room), 250);
+}
+
+/** @param {RoomState} room */
+function saveRoom(room) {
+  clearTimeout(room.saveTimer);
+  room.saveTimer = undefined;
+  if (room.epoch === null) return;
+  const entries = room.entries.filter((e) => !e.stray).slice(-STORED_ENTRIES).map((e) => ({
+    id: e.id,
+    ts: e.ts,
+    from: e.from,
+    cid: e.cid,
+    text: e.text,
+    file: e.file && {
+      name: e.file.name,
+      mime: e.file.mime,
+      size: e.file.size,
+      omitted: e.file.omitted,
+    },
+  }));
+  const record = { epoch: room.epoch, last: room.lastId, entries };
+  store(sessionStorage, `parley.room.${room.name}`, JSON.stringify(record));
+}
+
+function saveAll() {
+  for (const room of rooms.values()) saveRoom(room);
+}
+
+// ---------------------------------------------------------------- envelopes
+
+/**
+ * @param {unknown} value
+ * @returns {value is Record<string, unknown>}
+ */
+function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * @param {unknown} value
+ * @returns {Member | null}
+ */
+function readMember(value) {
+  if (!isObject(value) || typeof value.id !== "string" || typeof value.nick !== "string") {
+    return null;
+  }
+  return { id: value.id, nick: value.nick };
+}
+
+/**
+ * Reads a `message` or `file` envelope (or a stored entry) into an entry.
+ *
+ * @param {unknown} value
+ * @param {string} [epoch] Used when the value has none (stored entries).
+ * @returns {Entry | null}
+ */
+function readEntry(value, epoch) {
+  if (!isObject(value)) return null;
+  const id = value.id;
+  const theEpoch = typeof value.epoch === "string" ? value.epoch : epoch;
+  if (typeof id !== "number" || !Number.isSafeInteger(id) || typeof theEpoch !== "string") {
+    return null;
+  }
+  /** @type {Entry} */
+  const entry = {
+    key: entryKey(theEpoch, id),
+    id,
+    epoch: theEpoch,
+    ts: typeof value.ts === "number" ? value.ts : Date.now(),
+    from: readMember(value.from),
+    cid: typeof value.cid === "string" ? value.cid : "",
+  };
+  if (typeof value.text === "string") {
+    entry.text = value.text;
+    return entry;
+  }
+  const file = isObject(value.file) ? value.file : value;
+  if (typeof file.name === "string") {
+    entry.file = {
+      name: file.name,
+      mime: typeof file.mime === "string" ? file.mime : "application/octet-stream",
+      size: typeof file.size === "number" ? file.size : 0,
+      omitted: file.omitted === true,
+    };
+    return entry;
+  }
+  return null;
+}
+
+/**
+ * @param {string} epoch
+ * @param {number} id
+ */
+function entryKey(epoch, id) {
+  return `${epoch}:${id}`;
+}
+
+// ---------------------------------------------------------------- rendering
+
+/** @param {number} ts */
+function formatTime(ts) {
+  return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+/** @param {number} bytes */
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/** @returns {HTMLLIElement} */
+function cloneMessage() {
+  const fragment = /** @type {DocumentFragment} */ (ui.template.content.cloneNode(true));
+  const li = fragment.querySelector("li");
+  if (!(li instanceof HTMLLIElement)) throw new TypeError("Cannot render: template has no <li>");
+  return li;
+}
+
+/**
+ * @param {HTMLElement} li
+ * @param {string} selector
+ * @returns {HTMLElement}
+ */
+function part(li, selector) {
+  const element = li.querySelector(selector);
+  if (!(element instanceof HTMLElement)) throw new TypeError(`Cannot render: no ${selector}`);
+  return element;
+}
+
+/**
+ * Fills the body of a message with its text or its file.
+ *
+ * @param {HTMLElement} body
+ * @param {{ text?: string, file?: FileInfo }} content
+ */
+function fillBody(body, content) {
+  if (content.text !== undefined) {
+    body.textContent = content.text;
+    return;
+  }
+  const file = content.file;
+  if (!file) return;
+  if (file.url && file.mime.startsWith("image/")) {
+    const img = document.createElement("img");
+    img.setAttribute("alt", file.name);
+    img.setAttribute("title", `${file.name} (${formatSize(file.size)})`);
+    img.addEventListener("load", () => keepBottom());
+    img.src = file.url;
+    body.append(img);
+  }
+  if (file.url) {
+    const link = document.createElement("a");
+    link.href = file.url;
+    link.download = file.name;
+    link.textContent = `${file.name} (${formatSize(file.size)})`;
+    body.append(link);
+    return;
+  }
+  const note = document.createElement("span");
+  note.className = "file-note";
+  if (file.omitted) note.textContent = `${file.name}: file too large for history`;
+  else if (file.gone) note.textContent = `${file.name}: file not kept after reload`;
+  else if (file.missing) note.textContent = `${file.name}: file contents did not arrive`;
+  else note.textContent = `${file.name}: receiving…`;
+  body.append(note);
+}
+
+/**
+ * @param {Entry} entry
+ * @returns {HTMLLIElement}
+ */
+function renderEntry(entry) {
+  const li = cloneMessage();
+  if (!entry.stray) li.dataset.id = String(entry.id);
+  li.dataset.cid = entry.cid;
+  li.dataset.key = entry.key;
+  if (entry.file) li.classList.add("file");
+  if (entry.from && state.me && entry.from.id === state.me.id) li.classList.add("own");
+  const from = part(li, ".from");
+  if (entry.from) {
+    from.textContent = entry.from.nick;
+  } else {
+    from.textContent = entry.stray ? "unannounced file" : "raw client";
+    from.classList.add("raw");
+  }
+  const time = part(li, ".time");
+  time.textContent = formatTime(entry.ts);
+  time.setAttribute("datetime", new Date(entry.ts).toISOString());
+  time.setAttribute("title", new Date(entry.ts).toLocaleString());
+  fillBody(part(li, ".body"), entry);
+  return li;
+}
+
+/**
+ * @param {Outgoing} item
+ * @returns {HTMLLIElement}
+ */
+function renderPending(item) {
+  const li = cloneMessage();
+  li.classList.add("pending", "own");
+  li.dataset.cid = item.cid;
+  part(li, ".from").textContent = state.nick ?? "";
+  const time = part(li, ".time");
+  time.textContent = formatTime(item.ts);
+  time.setAttribute("datetime", new Date(item.ts).toISOString());
+  part(li, ".state").textContent = item.failed ? `not sent: ${item.failed}` : "sending…";
+  if (item.failed) {
+    li.classList.add("failed");
+    li.classList.remove("pending");
+  }
+  fillBody(
+    part(li, ".body"),
+    item.file
+      ? {
+        file: {
+          name: item.file.name,
+          mime: item.file.mime,
+          size: item.file.size,
+          url: item.file.url,
+        },
+      }
+      : { text: item.text },
+  );
+  return li;
+}
+
+/** True when the list shows its newest message, so new ones should stay in view. */
+function atBottom() {
+  const list = ui.messages;
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
+let stickToBottom = true;
+
+function keepBottom() {
+  if (stickToBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+/** Redraws the whole list of the current room. */
+function renderAll() {
+  const room = currentRoom();
+  elements.clear();
+  pendingElements.clear();
+  const items = [];
+  for (const entry of room.entries) {
+    const li = renderEntry(entry);
+    elements.set(entry.key, li);
+    items.push(li);
+  }
+  for (const item of room.outbox) {
+    const li = renderPending(item);
+    pendingElements.set(item.cid, li);
+    items.push(li);
+  }
+  ui.messages.replaceChildren(...items);
+  stickToBottom = true;
+  keepBottom();
+}
+
+function renderMembers() {
+  const sorted = [...members.values()].sort((a, b) =>
+    a.nick.localeCompare(b.nick, undefined, { sensitivity: "base" }) || a.id.localeCompare(b.id)
+  );
+  const items = sorted.map((member) => {
+    const li = document.createElement("li");
+    li.dataset.member = member.id;
+    li.textContent = member.nick;
+    // "(you)" comes from CSS, so the item's text is exactly the nickname.
+    if (state.me && member.id === state.me.id) li.classList.add("me");
+    return li;
+  });
+  ui.members.replaceChildren(...items);
+  ui.memberCount.textContent = String(members.size);
+}
+
+function renderNick() {
+  ui.nickLabel.textContent = state.nick ?? "choose a nickname";
+}
+
+function renderRoom() {
+  ui.roomName.textContent = state.room;
+  ui.roomInput.value = "";
+  ui.roomInput.placeholder = state.room;
+  document.title = `${state.room} · Parley`;
+}
+
+/** Shows the socket's readyState in words; called on every socket event. */
+function showStatus() {
+  const ws = state.ws;
+  const word = ws ? STATE_WORDS[ws.readyState] ?? "closed" : "closed";
+  if (ui.status.textContent !== word) ui.status.textContent = word;
+  ui.status.dataset.state = word;
+  const idle = !ws || ws.readyState === WebSocket.CLOSED;
+  ui.reconnect.hidden = !(idle && state.nick !== null && !state.leaving);
+}
+
+/** @param {string} text */
+function showNotice(text) {
+  ui.noticeText.textContent = text;
+  ui.notice.hidden = false;
+}
+
+function hideNotice() {
+  ui.notice.hidden = true;
+  ui.noticeText.textContent = "";
+}
+
+// ---------------------------------------------------------------- history model
+
+/**
+ * Adds a message to a room in id order, unless it is already there.
+ *
+ * @param {RoomState} room
+ * @param {Entry} entry
+ * @returns {boolean} Whether it was new.
+ */
+function addEntry(room, entry) {
+  if (room.keys.has(entry.key)) return false;
+  let index = room.entries.length;
+  while (index > 0 && room.entries[index - 1].id > entry.id) index--;
+  room.entries.splice(index, 0, entry);
+  room.keys.set(entry.key, entry);
+  if (room.name === state.room) {
+    stickToBottom = atBottom();
+    const li = renderEntry(entry);
+    elements.set(entry.key, li);
+    const next = room.entries[index + 1];
+    const before = (next && elements.get(next.key)) ??
+      ui.messages.querySelector(".msg.pending, .msg.failed");
+    ui.messages.insertBefore(li, before);
+    keepBottom();
+  }
+  while (room.entries.length > MEMORY_ENTRIES) {
+    const old = room.entries.shift();
+    if (!old) break;
+    room.keys.delete(old.key);
+    if (old.file?.url) URL.revokeObjectURL(old.file.url);
+    elements.get(old.key)?.remove();
+    elements.delete(old.key);
+  }
+  scheduleSave(room);
+  return true;
+}
+
+/**
+ * Redraws one entry in place (its file arrived, its time was corrected).
+ *
+ * @param {RoomState} room
+ * @param {Entry} entry
+ */
+function redrawEntry(room, entry) {
+  if (room.name !== state.room) return;
+  const old = elements.get(entry.key);
+  if (!old) return;
+  const li = renderEntry(entry);
+  old.replaceWith(li);
+  elements.set(entry.key, li);
+}
+
+/**
+ * Forgets a room's messages (not its unacked ones): the replay that follows
+ * the welcome is the new list.
+ *
+ * @param {RoomState} room
+ */
+function resetEntries(room) {
+  for (const entry of room.entries) {
+    if (entry.file?.url) URL.revokeObjectURL(entry.file.url);
+  }
+  room.entries = [];
+  room.keys.clear();
+  room.lastId = 0;
+  if (room.name === state.room) {
+    for (const li of elements.values()) li.remove();
+    elements.clear();
+  }
+  scheduleSave(room);
+}
+
+/**
+ * Records the newest message seen, which the next hello resumes from.
+ *
+ * @param {RoomState} room
+ * @param {string} epoch
+ * @param {number} id
+ */
+function markSeen(room, epoch, id) {
+  if (room.epoch !== epoch) return;
+  if (id > room.lastId) room.lastId = id;
+  scheduleSave(room);
+}
+
+/**
+ * Takes our own unacked message with this cid out of the outbox, when the
+ * message came from us.
+ *
+ * @param {RoomState} room
+ * @param {Member | null} from
+ * @param {string} cid
+ * @returns {Outgoing | null}
+ */
+function takeOwn(room, from, cid) {
+  if (!from || !state.me || from.id !== state.me.id) return null;
+  return takeOutgoing(room, cid);
+}
+
+/**
+ * @param {RoomState} room
+ * @param {string} cid
+ * @returns {Outgoing | null}
+ */
+function takeOutgoing(room, cid) {
+  const index = room.outbox.findIndex((item) => item.cid === cid);
+  if (index < 0) return null;
+  const [item] = room.outbox.splice(index, 1);
+  pendingElements.get(cid)?.remove();
+  pendingElements.delete(cid);
+  return item;
+}
+
+// ---------------------------------------------------------------- connection
+
+/** @param {string} room */
+function socketUrl(room) {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  return scheme + location.host + pathOfRoom(room);
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {unknown} envelope
+ */
+function sendEnvelope(ws, envelope) {
+  ws.send(JSON.stringify(envelope));
+}
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  state.reconnectTimer = undefined;
+  state.reconnectWhenVisible = false;
+  if (state.nick === null || state.leaving) return;
+  if (state.ws && state.ws.readyState <= WebSocket.OPEN) return;
+  state.stopped = false;
+  let ws;
+  try {
+    ws = new WebSocket(socketUrl(state.room), SUBPROTOCOL);
+  } catch (error) {
+    showNotice(`Cannot connect: ${error instanceof Error ? error.message : String(error)}`);
+    scheduleReconnect();
+    return;
+  }
+  ws.binaryType = "arraybuffer";
+  state.ws = ws;
+  state.joined = false;
+  state.expectedFile = null;
+  const socket = ws;
+  socket.addEventListener("open", () => onOpen(socket));
+  socket.addEventListener("message", (event) => onFrame(socket, event));
+  socket.addEventListener("close", (event) => onClose(socket, event));
+  socket.addEventListener("error", () => showStatus());
+  showStatus();
+}
+
+/** Closes the current socket on purpose: nothing reconnects it. */
+function disconnect() {
+  const ws = state.ws;
+  state.ws = null;
+  state.joined = false;
+  state.expectedFile = null;
+  stopTimers();
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "leaving");
+  showStatus();
+}
+
+function stopTimers() {
+  clearTimeout(state.reconnectTimer);
+  clearTimeout(state.stableTimer);
+  clearInterval(state.pingTimer);
+  state.reconnectTimer = undefined;
+  state.stableTimer = undefined;
+  state.pingTimer = undefined;
+}
+
+function scheduleReconnect() {
+  if (state.leaving || state.reconnectTimer) return;
+  // Full jitter: a uniform delay up to an exponentially growing, capped ceiling.
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
+  state.attempt = Math.min(state.attempt + 1, 30);
+  state.reconnectTimer = setTimeout(() => {
+    state.reconnectTimer = undefined;
+    if (document.hidden) {
+      state.reconnectWhenVisible = true;
+      return;
+    }
+    connect();
+  }, Math.random() * ceiling);
+}
+
+/** @param {WebSocket} ws */
+function sendHello(ws) {
+  const room = currentRoom();
+  /** @type {Record<string, unknown>} */
+  const hello = { type: "hello", nick: state.nick, client: state.client };
+  if (room.epoch !== null && room.lastId > 0) hello.last = { epoch: room.epoch, id: room.lastId };
+  sendEnvelope(ws, hello);
+}
+
+/** @param {WebSocket} ws */
+function onOpen(ws) {
+  if (ws !== state.ws) return;
+  state.lastFrameAt = Date.now();
+  state.pingSentAt = 0;
+  sendHello(ws);
+  clearInterval(state.pingTimer);
+  state.pingTimer = setInterval(() => heartbeat(ws), PING_EVERY_MS);
+  showStatus();
+}
+
+/**
+ * Pings an idle connection, and gives up on one whose ping went unanswered:
+ * a dead network does not always close a socket by itself.
+ *
+ * @param {WebSocket} ws
+ */
+function heartbeat(ws) {
+  if (ws !== state.ws || ws.readyState !== WebSocket.OPEN) return;
+  const now = Date.now();
+  if (state.pingSentAt > state.lastFrameAt && now - state.pingSentAt > PONG_TIMEOUT_MS) {
+    state.ws = null;
+    state.joined = false;
+    stopTimers();
+    ws.close(4000, "no answer to ping");
+    countFailedSends(ws);
+    showStatus();
+    scheduleReconnect();
+    return;
+  }
+  if (now - state.lastFrameAt >= PING_EVERY_MS && state.pingSentAt <= state.lastFrameAt) {
+    state.pingSentAt = now;
+    sendEnvelope(ws, { type: "ping" });
+  }
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {CloseEvent} event
+ */
+function onClose(ws, event) {
+  if (ws !== state.ws) return;
+  state.joined = false;
+  state.expectedFile = null;
+  stopTimers();
+  countFailedSends(ws);
+  showStatus();
+  if (state.leaving) return;
+  if (event.code === 1000) {
+    // A normal close is the server's deliberate choice: wait for the user.
+    state.stopped = true;
+    showNotice("The server closed the connection.");
+    showStatus();
+    return;
+  }
+  scheduleReconnect();
+}
+
+/**
+ * Counts a lost connection against every message that was sent on it and not
+ * acked, so a message the server keeps refusing cannot loop forever.
+ *
+ * @param {WebSocket} ws
+ */
+function countFailedSends(ws) {
+  for (const room of rooms.values()) {
+    for (const item of [...room.outbox]) {
+      if (item.sentOn !== ws) continue;
+      item.sentOn = null;
+      item.attempts++;
+      if (item.attempts >= MAX_SEND_ATTEMPTS) {
+        failOutgoing(room, item, "the connection kept dropping");
+      }
+    }
+  }
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {MessageEvent} event
+ */
+function onFrame(ws, event) {
+  if (ws !== state.ws) return;
+  state.lastFrameAt = Date.now();
+  try {
+    if (typeof event.data === "string") {
+      const envelope = JSON.parse(event.data);
+      if (isObject(envelope)) onEnvelope(ws, envelope);
+    } else if (event.data instanceof ArrayBuffer) {
+      onBinary(event.data);
+    }
+  } catch (error) {
+    console.error("Cannot handle a frame from the server:", error);
+  }
+  showStatus();
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {Record<string, unknown>} envelope
+ */
+function onEnvelope(ws, envelope) {
+  switch (envelope.type) {
+    case "welcome":
+      return onWelcome(ws, envelope);
+    case "message":
+      return onMessage(envelope);
+    case "file":
+      return onFileEnvelope(envelope);
+    case "ack":
+      return onAck(envelope);
+    case "join": {
+      const member = readMember(envelope.member);
+      if (member) members.set(member.id, member);
+      return renderMembers();
+    }
+    case "leave": {
+      const member = readMember(envelope.member);
+      if (member) members.delete(member.id);
+      return renderMembers();
+    }
+    case "rename": {
+      const member = readMember(envelope.member);
+      if (!member) return;
+      members.set(member.id, member);
+      if (state.me && member.id === state.me.id) {
+        // Every tab with our client id is the same member, so shares the nickname.
+        state.me = member;
+        state.nick = member.nick;
+        renderNick();
+      }
+      return renderMembers();
+    }
+    case "error":
+      return onError(ws, envelope);
+    default:
+      return; // pong, and anything newer than this page
+  }
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {Record<string, unknown>} envelope
+ */
+function onWelcome(ws, envelope) {
+  const room = currentRoom();
+  const epoch = typeof envelope.epoch === "string" ? envelope.epoch : "";
+  state.me = readMember(envelope.you);
+  state.joined = true;
+  members.clear();
+  for (const value of Array.isArray(envelope.members) ? envelope.members : []) {
+    const member = readMember(value);
+    if (member) members.set(member.id, member);
+  }
+  if (state.me) members.set(state.me.id, state.me);
+  renderMembers();
+  if (envelope.recovered !== true || epoch !== room.epoch) {
+    resetEntries(room);
+  }
+  room.epoch = epoch;
+  if (envelope.recovered === false) showNotice(RECOVERY_NOTICE);
+  // Own messages look different: redraw with the (maybe new) member id.
+  renderAll();
+  clearTimeout(state.stableTimer);
+  state.stableTimer = setTimeout(() => {
+    state.attempt = 0;
+  }, STABLE_MS);
+  for (const item of room.outbox) {
+    if (!item.failed) transmit(ws, item);
+  }
+}
+
+/** @param {Record<string, unknown>} envelope */
+function onMessage(envelope) {
+  const room = currentRoom();
+  const entry = readEntry(envelope);
+  if (!entry) return;
+  takeOwn(room, entry.from, entry.cid);
+  if (!addEntry(room, entry)) {
+    const known = room.keys.get(entry.key);
+    if (known && known.ts !== entry.ts) {
+      known.ts = entry.ts;
+      redrawEntry(room, known);
+    }
+  }
+  markSeen(room, entry.epoch, entry.id);
+}
+
+/** @param {Record<string, unknown>} envelope */
+function onFileEnvelope(envelope) {
+  const room = currentRoom();
+  const entry = readEntry(envelope);
+  if (!entry || !entry.file) return;
+  const unfinished = state.expectedFile?.entry;
+  if (unfinished?.file) {
+    unfinished.file.missing = true;
+    redrawEntry(room, unfinished);
+  }
+  state.expectedFile = null;
+  const own = takeOwn(room, entry.from, entry.cid);
+  if (entry.file.omitted) {
+    if (own?.file) URL.revokeObjectURL(own.file.url);
+    addEntry(room, entry);
+    markSeen(room, entry.epoch, entry.id);
+    return;
+  }
+  const shown = addEntry(room, entry) ? entry : room.keys.get(entry.key);
+  // A file shown without its bytes (restored after a reload, or cut off) takes them now.
+  const target = shown?.file && !shown.file.url ? shown : null;
+  if (own?.file) {
+    // We have the bytes already; the frame that follows is dropped.
+    if (target?.file) attachFile(room, target, own.file.url);
+    else URL.revokeObjectURL(own.file.url);
+    state.expectedFile = { epoch: entry.epoch, id: entry.id, entry: null };
+    return;
+  }
+  state.expectedFile = { epoch: entry.epoch, id: entry.id, entry: target };
+}
+
+/**
+ * @param {RoomState} room
+ * @param {Entry} entry
+ * @param {string} url A blob: URL that the entry owns from now on.
+ */
+function attachFile(room, entry, url) {
+  if (!entry.file) return;
+  entry.file = { ...entry.file, url, gone: false, missing: false };
+  redrawEntry(room, entry);
+}
+
+/**
+ * Guesses a picture type from its first bytes.
+ *
+ * @param {Uint8Array} bytes
+ * @returns {string | null}
+ */
+function sniffImage(bytes) {
+  /** @param {number[]} magic @param {number} [at] */
+  const starts = (magic, at = 0) => magic.every((b, i) => bytes[at + i] === b);
+  if (starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return "image/png";
+  if (starts([0xff, 0xd8, 0xff])) return "image/jpeg";
+  if (starts([0x47, 0x49, 0x46, 0x38]) && (bytes[4] === 0x37 || bytes[4] === 0x39)) {
+    return "image/gif";
+  }
+  if (starts([0x52, 0x49, 0x46, 0x46]) && starts([0x57, 0x45, 0x42, 0x50], 8)) return "image/webp";
+  return null;
+}
+
+/**
+ * @param {ArrayBuffer} data
+ * @param {string} mime
+ */
+function blobUrl(data, mime) {
+  // Only pictures keep their type; anything else is an opaque download.
+  const type = mime.startsWith("image/") ? mime : "application/octet-stream";
+  return URL.createObjectURL(new Blob([data], { type }));
+}
+
+/** @param {ArrayBuffer} data */
+function onBinary(data) {
+  const room = currentRoom();
+  const expected = state.expectedFile;
+  state.expectedFile = null;
+  if (expected) {
+    if (expected.entry?.file) {
+      attachFile(room, expected.entry, blobUrl(data, expected.entry.file.mime));
+    }
+    markSeen(room, expected.epoch, expected.id);
+    return;
+  }
+  // A frame no envelope announced: show it anyway, as a picture when it is one.
+  const mime = sniffImage(new Uint8Array(data, 0, Math.min(16, data.byteLength)));
+  const epoch = room.epoch ?? "";
+  state.strayCount++;
+  addEntry(room, {
+    key: `stray:${state.strayCount}`,
+    id: room.lastId,
+    epoch,
+    ts: Date.now(),
+    from: null,
+    cid: "",
+    stray: true,
+    file: {
+      name: mime ? `picture.${mime.slice(6)}` : "file",
+      mime: mime ?? "application/octet-stream",
+      size: data.byteLength,
+      url: blobUrl(data, mime ?? "application/octet-stream"),
+    },
+  });
+}
+
+/** @param {Record<string, unknown>} envelope */
+function onAck(envelope) {
+  const room = currentRoom();
+  const { cid, id, epoch } = envelope;
+  if (typeof cid !== "string" || typeof id !== "number" || typeof epoch !== "string") return;
+  const item = takeOutgoing(room, cid);
+  if (!item) return;
+  const key = entryKey(epoch, id);
+  if (room.keys.has(key)) {
+    if (item.file) URL.revokeObjectURL(item.file.url);
+    return;
+  }
+  // The ack beat the broadcast: show the message now; the broadcast dedupes.
+  /** @type {Entry} */
+  const entry = { key, id, epoch, ts: item.ts, from: state.me, cid };
+  if (item.file) {
+    const { name, mime, size, url } = item.file;
+    entry.file = { name, mime, size, url };
+  } else {
+    entry.text = item.text;
+  }
+  addEntry(room, entry);
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {Record<string, unknown>} envelope
+ */
+function onError(ws, envelope) {
+  const code = typeof envelope.code === "string" ? envelope.code : "error";
+  const message = typeof envelope.message === "string" ? envelope.message : "";
+  const cid = typeof envelope.cid === "string" ? envelope.cid : null;
+  const room = currentRoom();
+  const item = cid === null ? undefined : room.outbox.find((o) => o.cid === cid);
+  if (code === "bad_nick") {
+    openNickDialog(`The server refused the nickname: ${message}`);
+  } else if (code === "bad_last" && !state.joined) {
+    // The saved position is no good here: forget it and join afresh on a new
+    // connection (whether a welcome would still follow is not specified).
+    resetEntries(room);
+    room.epoch = null;
+    state.ws = null;
+    stopTimers();
+    ws.close(1000, "resuming afresh");
+    connect();
+    return;
+  } else if (item && (code === "bad_envelope" || code === "bad_file")) {
+    failOutgoing(room, item, message || code);
+  } else if (item && (code === "unavailable" || code === "rate_limited")) {
+    // Not stored, not refused: try again a little later on the same connection.
+    item.sentOn = null;
+    setTimeout(() => {
+      if (state.ws === ws && state.joined && room.outbox.includes(item)) transmit(ws, item);
+    }, RETRY_MS + Math.random() * RETRY_MS);
+  }
+  showNotice(message ? `Server error (${code}): ${message}` : `Server error: ${code}`);
+}
+
+/**
+ * @param {RoomState} room
+ * @param {Outgoing} item
+ * @param {string} reason
+ */
+function failOutgoing(room, item, reason) {
+  item.failed = reason;
+  item.sentOn = null;
+  if (room.name !== state.room) return;
+  const old = pendingElements.get(item.cid);
+  const li = renderPending(item);
+  if (old) old.replaceWith(li);
+  pendingElements.set(item.cid, li);
+}
+
+// ---------------------------------------------------------------- sending
+
+function nextCid() {
+  state.cidCount++;
+  return `${state.cidPrefix}-${state.cidCount}`;
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {Outgoing} item
+ */
+function transmit(ws, item) {
+  if (ws.readyState !== WebSocket.OPEN) return;
+  if (item.file) {
+    const { name, mime, size, data } = item.file;
+    sendEnvelope(ws, { type: "file", cid: item.cid, name, mime, size });
+    ws.send(data);
+  } else {
+    sendEnvelope(ws, { type: "message", cid: item.cid, text: item.text });
+  }
+  item.sentOn = ws;
+}
+
+/** @param {Outgoing} item */
+function queue(item) {
+  const room = currentRoom();
+  room.outbox.push(item);
+  stickToBottom = true;
+  const li = renderPending(item);
+  pendingElements.set(item.cid, li);
+  ui.messages.append(li);
+  keepBottom();
+  if (state.ws && state.joined) transmit(state.ws, item);
+  else if (!state.ws || state.ws.readyState === WebSocket.CLOSED) connect();
+}
+
+/** @param {string} text */
+function sendText(text) {
+  queue({ cid: nextCid(), ts: Date.now(), text, sentOn: null, attempts: 0 });
+}
+
+/** @param {string} name */
+function cleanFileName(name) {
+  const clean = [...name].filter((ch) => !hasControl(ch)).join("").trim();
+  return [...(clean || "file")].slice(0, MAX_FILE_NAME_LENGTH).join("");
+}
+
+/** @param {string} type */
+function cleanMime(type) {
+  const bare = type.split(";")[0].trim().toLowerCase();
+  return MIME_PATTERN.test(bare) && bare.length <= 127 ? bare : "application/octet-stream";
+}
+
+/** @param {File} file */
+async function sendFile(file) {
+  if (file.size > MAX_FILE_BYTES) {
+    showNotice(
+      `${file.name} is too large: ${formatSize(file.size)}, limit is ${
+        formatSize(MAX_FILE_BYTES)
+      }.`,
+    );
+    return;
+  }
+  const data = await file.arrayBuffer();
+  const mime = cleanMime(file.type);
+  queue({
+    cid: nextCid(),
+    ts: Date.now(),
+    file: {
+      name: cleanFileName(file.name),
+      mime,
+      size: data.byteLength,
+      data,
+      url: blobUrl(data, mime),
+    },
+    sentOn: null,
+    attempts: 0,
+  });
+}
+
+/** @param {Iterable<File>} files */
+async function sendFiles(files) {
+  for (const file of files) {
+    try {
+      await sendFile(file);
+    } catch (error) {
+      showNotice(`Cannot read ${file.name}: ${error instanceof Error ? error.message : error}`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- nickname
+
+/** @param {string} [problem] */
+function openNickDialog(problem) {
+  ui.nickInput.value = state.nick ?? "";
+  ui.nickError.textContent = problem ?? "";
+  ui.nickCancel.hidden = state.nick === null;
+  if (!ui.nickDialog.open) ui.nickDialog.showModal();
+  ui.nickInput.focus();
+  ui.nickInput.select();
+}
+
+/** @param {string} nick */
+function applyNick(nick) {
+  const first = state.nick === null;
+  state.nick = nick;
+  store(localStorage, "parley.nick", nick);
+  renderNick();
+  const ws = state.ws;
+  if (first || !ws || ws.readyState === WebSocket.CLOSED) {
+    connect();
+  } else if (ws.readyState === WebSocket.OPEN) {
+    if (state.joined) sendEnvelope(ws, { type: "nick", nick });
+    else sendHello(ws); // the first hello was refused for its nickname
+  }
+  showStatus();
+}
+
+// ---------------------------------------------------------------- rooms
+
+/** @param {string} name */
+function switchRoom(name) {
+  if (name === state.room) return;
+  disconnect();
+  hideNotice();
+  saveRoom(currentRoom());
+  state.room = name;
+  state.me = null;
+  state.attempt = 0;
+  state.stopped = false;
+  members.clear();
+  renderMembers();
+  renderRoom();
+  renderAll();
+  connect();
+}
+
+// ---------------------------------------------------------------- events
+
+ui.compose.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = ui.text.value;
+  if (text.trim() === "") return;
+  if (state.nick === null) {
+    openNickDialog();
+    return;
+  }
+  ui.text.value = "";
+  sendText(text);
+});
+
+ui.text.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.compose.requestSubmit();
+  }
+});
+
+ui.text.addEventListener("paste", (event) => {
+  const files = event.clipboardData?.files;
+  if (files && files.length > 0) {
+    event.preventDefault();
+    sendFiles([...files]);
+  }
+});
+
+ui.file.addEventListener("change", () => {
+  const files = [...(ui.file.files ?? [])];
+  ui.file.value = "";
+  sendFiles(files);
+});
+
+ui.messages.addEventListener("dragover", (event) => {
+  if (!event.dataTransfer?.types.includes("Files")) return;
+  event.preventDefault();
+  ui.messages.classList.add("drop-target");
+});
+ui.messages.addEventListener("dragleave", () => ui.messages.classList.remove("drop-target"));
+ui.messages.addEventListener("drop", (event) => {
+  ui.messages.classList.remove("drop-target");
+  const files = event.dataTransfer?.files;
+  if (!files || files.length === 0) return;
+  event.preventDefault();
+  sendFiles([...files]);
+});
+ui.messages.addEventListener("scroll", () => {
+  stickToBottom = atBottom();
+});
+
+ui.nickButton.addEventListener("click", () => openNickDialog());
+ui.nickCancel.addEventListener("click", () => ui.nickDialog.close());
+ui.nickDialog.addEventListener("cancel", (event) => {
+  if (state.nick === null) event.preventDefault(); // a nickname is needed to join
+});
+ui.nickForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const problem = nickProblem(ui.nickInput.value);
+  if (problem) {
+    ui.nickError.textContent = problem;
+    ui.nickInput.focus();
+    return;
+  }
+  ui.nickDialog.close();
+  applyNick(ui.nickInput.value.trim());
+});
+
+ui.roomForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = ui.roomInput.value.trim();
+  if (!ROOM_PATTERN.test(name)) {
+    ui.roomInput.setCustomValidity("1 to 64 letters, digits, _ or -");
+    ui.roomInput.reportValidity();
+    return;
+  }
+  ui.roomInput.setCustomValidity("");
+  if (name !== state.room) history.pushState(null, "", `/${name}`);
+  switchRoom(name);
+});
+ui.roomInput.addEventListener("input", () => ui.roomInput.setCustomValidity(""));
+
+addEventListener("popstate", () => switchRoom(roomFromPath(location.pathname)));
+
+ui.membersToggle.addEventListener("click", () => {
+  const open = ui.membersPanel.classList.toggle("open");
+  ui.membersToggle.setAttribute("aria-expanded", String(open));
+});
+
+ui.noticeClose.addEventListener("click", hideNotice);
+
+ui.reconnect.addEventListener("click", () => {
+  state.attempt = 0;
+  hideNotice();
+  connect();
+});
+
+addEventListener("pagehide", () => {
+  state.leaving = true;
+  saveAll();
+  disconnect();
+});
+
+addEventListener("pageshow", (event) => {
+  if (!event.persisted) return;
+  state.leaving = false;
+  connect();
+});
+
+addEventListener("online", () => {
+  if (state.stopped || state.leaving) return;
+  if (!state.ws || state.ws.readyState === WebSocket.CLOSED) {
+    state.attempt = 0;
+    connect();
+  }
+});
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && state.reconnectWhenVisible) connect();
+});
+
+// Tests read the socket through this; nothing else is exposed.
+Object.defineProperty(globalThis, "parley", {
+  value: Object.freeze({
+    get ws() {
+      return state.ws;
+    },
+    get room() {
+      return state.room;
+    },
+    get me() {
+      return state.me;
+    },
+  }),
+});
+
+// ---------------------------------------------------------------- start
+
+renderRoom();
+renderNick();
+renderAll();
+renderMembers();
+showStatus();
+if (state.nick === null) openNickDialog();
+else connect();
