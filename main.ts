@@ -5,7 +5,7 @@
  */
 
 import { type Config, ConfigError, loadConfig } from "./lib/config.ts";
-import { MemoryEngine } from "./lib/engines/memory.ts";
+import { createEngine } from "./lib/engines/mod.ts";
 import { createHandler, type Handler } from "./lib/handler.ts";
 import { Hub } from "./lib/hub.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
@@ -23,7 +23,7 @@ export interface App {
 /** Builds every part from a configuration. */
 export async function createApp(config: Config, log?: Logger): Promise<App> {
   const logger = log ?? createLogger(config.logLevel);
-  const engine = new MemoryEngine(config);
+  const engine = await createEngine(config, logger);
   const hub = new Hub({
     engine,
     joinHistory: config.joinHistory,

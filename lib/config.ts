@@ -48,9 +48,21 @@ export interface Config {
   rateLimit: number;
   /** Messages a connection may send at once (`RATE_BURST`). */
   rateBurst: number;
+  /** Storage and fan-out (`ENGINE`): memory (default), kv or redis. */
+  engine: EngineName;
+  /** Deno KV database path (`KV_PATH`); unset: Deno's default (the managed one on Deploy). */
+  kvPath?: string;
+  /** Redis server (`REDIS_URL`), for the redis engine. */
+  redisUrl: string;
   /** Log level (`LOG_LEVEL`): debug, info, warn, error or silent. */
   logLevel: LogLevel;
 }
+
+/** The engines Parley has. */
+export const ENGINES = ["memory", "kv", "redis"] as const;
+
+/** One of {@linkcode ENGINES}. */
+export type EngineName = typeof ENGINES[number];
 
 /** The levels of the JSON logger, from the most to the least verbose. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error", "silent"] as const;
@@ -76,6 +88,8 @@ export const DEFAULT_CONFIG: Readonly<Config> = {
   trustedProxies: [],
   rateLimit: 5,
   rateBurst: 30,
+  engine: "memory",
+  redisUrl: "redis://127.0.0.1:6379",
   logLevel: "info",
 };
 
@@ -99,6 +113,9 @@ export const ENV_VARS = [
   "TRUSTED_PROXIES",
   "RATE_LIMIT",
   "RATE_BURST",
+  "ENGINE",
+  "KV_PATH",
+  "REDIS_URL",
   "LOG_LEVEL",
 ] as const;
 
@@ -199,6 +216,14 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new ConfigError("LOG_LEVEL", env("LOG_LEVEL") ?? "", `one of ${LOG_LEVELS.join(", ")}`);
   }
+  const engine = (env("ENGINE")?.trim().toLowerCase() || d.engine) as EngineName;
+  if (!ENGINES.includes(engine)) {
+    throw new ConfigError("ENGINE", env("ENGINE") ?? "", `one of ${ENGINES.join(", ")}`);
+  }
+  const redisUrl = env("REDIS_URL")?.trim() || d.redisUrl;
+  if (!/^rediss?:\/\/[^\s]+$/.test(redisUrl)) {
+    throw new ConfigError("REDIS_URL", redisUrl, "a URL such as redis://127.0.0.1:6379");
+  }
   const historySize = integer(env, "HISTORY_SIZE", d.historySize, 1, 1_000_000);
   const maxMessageBytes = bytes(env, "MAX_MESSAGE_BYTES", d.maxMessageBytes, 1024, 1024 ** 3);
   return {
@@ -236,6 +261,9 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     ),
     rateLimit: integer(env, "RATE_LIMIT", d.rateLimit, 1, 1_000_000, "messages per second"),
     rateBurst: integer(env, "RATE_BURST", d.rateBurst, 1, 1_000_000, "a message count"),
+    engine,
+    kvPath: env("KV_PATH")?.trim() || undefined,
+    redisUrl,
     logLevel,
   };
 }

@@ -61,8 +61,13 @@ export interface Engine {
    * contiguously, else (or without `after`) the last `limit` messages.
    */
   read(room: string, after: Position | undefined, limit: number): Promise<ReadResult>;
-  /** Calls `listener` for every event of the room, in order, until unsubscribed. */
-  subscribe(room: string, listener: (event: EngineEvent) => void): Unsubscribe;
+  /**
+   * Calls `listener` for every event of the room, in order, until
+   * unsubscribed. Resolves once the subscription is active: every message
+   * stored after that reaches `listener`, once, in id order, with no gaps
+   * (an engine that loses its feed fills the gap from its history).
+   */
+  subscribe(room: string, listener: (event: EngineEvent) => void): Promise<Unsubscribe>;
   /**
    * Adds or refreshes the presence entry of one connection. Publishes `join`
    * when the member had no live entry. Entries not refreshed within `ttlMs`

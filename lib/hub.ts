@@ -107,7 +107,11 @@ class Outgoing {
 
 class Room {
   readonly peers = new Set<Connection>();
+  /** Resolves once the engine subscription is active. */
+  ready!: Promise<void>;
   unsubscribe?: Unsubscribe;
+  /** Set when the room emptied: an unsubscribe still to come must run at once. */
+  dropped = false;
   constructor(readonly name: string) {}
 }
 
@@ -129,6 +133,8 @@ export class Connection {
   #lastId = 0;
   #epoch?: string;
   #pendingFile?: Extract<ClientEnvelope, { type: "file" }>;
+  /** A `file` envelope was refused: its binary frame is dropped too. */
+  #dropNextBinary = false;
   /** Token bucket: tokens left, when last refilled, and recent excess. */
   #tokens: number;
   #refilled = performance.now();
@@ -299,6 +305,7 @@ export class Connection {
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
       this.hub.metrics.inc("parley_protocol_errors_total", { code: error.code });
+      if (error.type === "file") this.#dropNextBinary = true;
       this.#error(error.code, error.message, error.cid);
       return;
     }
@@ -325,6 +332,7 @@ export class Connection {
         break;
       case "file":
         this.#pendingFile = envelope;
+        this.#dropNextBinary = false;
         break;
       case "nick":
         engine.rename(room, this.member.id, envelope.nick).catch((error) =>
@@ -340,6 +348,11 @@ export class Connection {
   #binary(data: Uint8Array) {
     if (!this.member) {
       this.#error("hello_required", "binary frame: send hello first");
+      return;
+    }
+    if (this.#dropNextBinary) {
+      this.#dropNextBinary = false;
+      this.hub.metrics.inc("parley_drops_total", { reason: "refused_file" });
       return;
     }
     const file = this.#pendingFile;
@@ -384,20 +397,32 @@ export class Connection {
     if (this.rich) this.#error("unavailable", `${what}: the server could not do it; try again`);
   }
 
-  /** Raw mode: join at once, with `?history=N` first when asked. */
+  /**
+   * Raw mode: join at once, with `?history=N` first when asked. Frames wait
+   * until the room's subscription is active, so the sender sees its own.
+   */
   async start(): Promise<void> {
     if (this.rich) return;
     const history = Math.min(this.info.history ?? 0, this.hub.options.historySize);
     this.#backlog = history > 0 ? [] : null;
-    this.hub.add(this);
-    if (history === 0) return;
+    this.#inbox = [];
     try {
-      const { messages } = await this.hub.options.engine.read(this.info.room, undefined, history);
-      for (const m of messages) this.#sendMessage(new Outgoing(m));
+      await this.hub.add(this);
+      if (history > 0 && !this.closed) {
+        const { messages } = await this.hub.options.engine.read(this.info.room, undefined, history);
+        for (const m of messages) this.#sendMessage(new Outgoing(m));
+      }
     } catch (error) {
-      this.hub.log.error("history_failed", { conn: this.id, error: String(error) });
+      this.hub.log.error("start_failed", { conn: this.id, error: String(error) });
     }
     this.#flushBacklog();
+    this.#drainInbox();
+  }
+
+  #drainInbox() {
+    const inbox = this.#inbox ?? [];
+    this.#inbox = null;
+    for (const frame of inbox) if (!this.closed) this.#handle(frame);
   }
 
   #flushBacklog() {
@@ -416,7 +441,8 @@ export class Connection {
     if (this.closed) return;
     this.member = { id, nick: hello.nick };
     this.#backlog = [];
-    this.hub.add(this);
+    await this.hub.add(this);
+    if (this.closed) return;
     const members = await engine.join(room, this.id, this.member, this.hub.presenceTtlMs);
     if (this.closed) return;
     // Presence events so far are already in `members`.
@@ -444,9 +470,7 @@ export class Connection {
     this.#state = "live";
     this.#flushBacklog();
     this.hub.log.info("join", { conn: this.id, room, member: id, outcome });
-    const inbox = this.#inbox;
-    this.#inbox = null;
-    for (const frame of inbox) if (!this.closed) this.#handle(frame);
+    this.#drainInbox();
   }
 
   /** Refreshes this connection's presence entry. */
@@ -549,19 +573,26 @@ export class Hub {
     return conn;
   }
 
-  /** Puts a connection in its room; subscribes the room to the engine when new. */
-  add(conn: Connection): void {
+  /**
+   * Puts a connection in its room; subscribes the room to the engine when
+   * new. Resolves once the subscription is active.
+   */
+  add(conn: Connection): Promise<void> {
     let room = this.#rooms.get(conn.info.room);
     if (!room) {
       const created = new Room(conn.info.room);
       room = created;
       this.#rooms.set(created.name, created);
-      created.unsubscribe = this.options.engine.subscribe(
+      created.ready = this.options.engine.subscribe(
         created.name,
         (event) => this.#fanOut(created, event),
-      );
+      ).then((unsubscribe) => {
+        if (created.dropped) unsubscribe();
+        else created.unsubscribe = unsubscribe;
+      });
     }
     room.peers.add(conn);
+    return room.ready;
   }
 
   /** Takes a connection out of its room at once; drops the room when empty. */
@@ -570,6 +601,7 @@ export class Hub {
     const room = this.#rooms.get(conn.info.room);
     if (!room || !room.peers.delete(conn)) return;
     if (room.peers.size === 0) {
+      room.dropped = true;
       room.unsubscribe?.();
       this.#rooms.delete(room.name);
     }

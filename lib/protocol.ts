@@ -68,6 +68,8 @@ export type ErrorCode =
 
 /** A client envelope that does not validate, and why. */
 export class ProtocolError extends Error {
+  /** The envelope's `type`, when it had a string one. */
+  type?: string;
   constructor(readonly code: ErrorCode, message: string, readonly cid?: string) {
     super(message);
     this.name = "ProtocolError";
@@ -145,6 +147,15 @@ export function parseClientEnvelope(text: string, limits: ParseLimits): ClientEn
     throw new ProtocolError("bad_json", "the frame must be a JSON object");
   }
   const obj = value as Record<string, unknown>;
+  try {
+    return parseObject(obj, limits);
+  } catch (error) {
+    if (error instanceof ProtocolError && typeof obj.type === "string") error.type = obj.type;
+    throw error;
+  }
+}
+
+function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientEnvelope {
   const cid = typeof obj.cid === "string" && CID_PATTERN.test(obj.cid) ? obj.cid : undefined;
   switch (obj.type) {
     case "hello": {

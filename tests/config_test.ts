@@ -8,6 +8,7 @@ Deno.test("config: defaults when nothing is set", () => {
     ...DEFAULT_CONFIG,
     certFile: undefined,
     keyFile: undefined,
+    kvPath: undefined,
   });
   assert.equal(DEFAULT_CONFIG.port, 8000);
   assert.equal(DEFAULT_CONFIG.hostname, "0.0.0.0");
@@ -33,6 +34,9 @@ Deno.test("config: reads every variable", () => {
     TRUSTED_PROXIES: "127.0.0.1,::1",
     RATE_LIMIT: "2",
     RATE_BURST: "10",
+    ENGINE: "Redis",
+    KV_PATH: "data/parley.kv",
+    REDIS_URL: "redis://10.1.2.3:6380/2",
     LOG_LEVEL: "WARN",
   }));
   assert.deepEqual(config, {
@@ -54,6 +58,9 @@ Deno.test("config: reads every variable", () => {
     trustedProxies: ["127.0.0.1", "::1"],
     rateLimit: 2,
     rateBurst: 10,
+    engine: "redis",
+    kvPath: "data/parley.kv",
+    redisUrl: "redis://10.1.2.3:6380/2",
     logLevel: "warn",
   });
 });
@@ -80,6 +87,8 @@ const bad: [Record<string, string>, string, RegExp][] = [
   [{ TRUSTED_PROXIES: "proxy.local" }, "TRUSTED_PROXIES", /IP addresses/],
   [{ MAX_CONNECTIONS: "0" }, "MAX_CONNECTIONS", /from 1/],
   [{ RATE_LIMIT: "fast" }, "RATE_LIMIT", /messages per second/],
+  [{ ENGINE: "mongo" }, "ENGINE", /one of memory, kv, redis/],
+  [{ REDIS_URL: "localhost:6379" }, "REDIS_URL", /redis:\/\//],
   [{ LOG_LEVEL: "loud" }, "LOG_LEVEL", /one of debug, info, warn, error, silent/],
 ];
 

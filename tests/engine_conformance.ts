@@ -1,29 +1,33 @@
 /**
- * Engine conformance: every engine must pass these. Later engines add a
- * factory to ENGINES.
+ * Engine conformance: every engine must pass these. Each engine's test file
+ * calls {@linkcode engineConformance} with a factory.
+ *
+ * @module
  */
 import assert from "node:assert/strict";
 import type { Engine, EngineEvent } from "../lib/engine.ts";
-import { MemoryEngine } from "../lib/engines/memory.ts";
+import { until } from "./fakes.ts";
 
-interface Factory {
+/** Makes fresh engines for the conformance tests. */
+export interface EngineFactory {
   name: string;
+  /**
+   * A new engine with a new, empty store. `historyFileBytes` is 16 in these
+   * tests; `now` is a clock the engine must use for presence expiry.
+   */
   make(options: { historySize: number; now?: () => number }): Promise<Engine>;
+  /** A second engine on the same store as `engine` (another instance). */
+  peer?(engine: Engine): Promise<Engine>;
+  /** Skip all tests with this reason (printed), e.g. a missing server. */
+  ignore?: string;
 }
-
-const ENGINES: Factory[] = [{
-  name: "memory",
-  make: (o) =>
-    Promise.resolve(
-      new MemoryEngine({ historyBytes: 1 << 20, historyFileBytes: 16, ...o }),
-    ),
-}];
 
 const ann = { id: "m-ann", nick: "ann" };
 
-for (const factory of ENGINES) {
+/** Registers the conformance tests for one engine. */
+export function engineConformance(factory: EngineFactory): void {
   const test = (name: string, fn: () => Promise<void>) =>
-    Deno.test(`engine ${factory.name}: ${name}`, fn);
+    Deno.test({ name: `engine ${factory.name}: ${name}`, ignore: !!factory.ignore, fn });
 
   test("ids strictly increase per room, rooms are independent", async () => {
     const engine = await factory.make({ historySize: 10 });
@@ -101,14 +105,17 @@ for (const factory of ENGINES) {
   test("subscribers get messages in order; duplicates are not published", async () => {
     const engine = await factory.make({ historySize: 10 });
     const seen: EngineEvent[] = [];
-    const stop = engine.subscribe("r", (e) => seen.push(e));
+    const stop = await engine.subscribe("r", (e) => seen.push(e));
     await engine.append("r", { from: null, text: "1" });
     await engine.append("r", { from: ann, sender: "s", cid: "c", text: "2" });
     await engine.append("r", { from: ann, sender: "s", cid: "c", text: "2" });
     await engine.append("other", { from: null, text: "x" });
+    await engine.append("r", { from: null, text: "3" });
+    await until(() => seen.length >= 3, "three messages");
     stop();
     await engine.append("r", { from: null, text: "after" });
-    assert.deepEqual(seen.map((e) => e.type === "message" && e.message.text), ["1", "2"]);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(seen.map((e) => e.type === "message" && e.message.text), ["1", "2", "3"]);
     await engine.close();
   });
 
@@ -139,7 +146,10 @@ for (const factory of ENGINES) {
   test("presence: one member across connections, join and leave once", async () => {
     const engine = await factory.make({ historySize: 10 });
     const events: string[] = [];
-    engine.subscribe("r", (e) => e.type !== "message" && events.push(`${e.type}:${e.member.nick}`));
+    await engine.subscribe(
+      "r",
+      (e) => e.type !== "message" && events.push(`${e.type}:${e.member.nick}`),
+    );
     await engine.join("r", "c1", ann, 60_000);
     const members = await engine.join("r", "c2", ann, 60_000);
     assert.deepEqual(members, [ann]);
@@ -148,6 +158,7 @@ for (const factory of ENGINES) {
     await engine.leave("r", "c2");
     await engine.leave("r", "c2");
     assert.deepEqual(await engine.members("r"), []);
+    await until(() => events.length >= 2, "join and leave");
     assert.deepEqual(events, ["join:ann", "leave:ann"]);
     await engine.close();
   });
@@ -155,9 +166,10 @@ for (const factory of ENGINES) {
   test("presence: rename is announced with the old nick", async () => {
     const engine = await factory.make({ historySize: 10 });
     const events: EngineEvent[] = [];
-    engine.subscribe("r", (e) => events.push(e));
+    await engine.subscribe("r", (e) => events.push(e));
     await engine.join("r", "c1", ann, 60_000);
     await engine.rename("r", ann.id, "annie");
+    await until(() => events.some((e) => e.type === "rename"), "rename");
     assert.deepEqual(events.at(-1), {
       type: "rename",
       member: { id: ann.id, nick: "annie" },
@@ -171,7 +183,7 @@ for (const factory of ENGINES) {
     let now = 1_000;
     const engine = await factory.make({ historySize: 10, now: () => now });
     const events: string[] = [];
-    engine.subscribe("r", (e) => e.type !== "message" && events.push(e.type));
+    await engine.subscribe("r", (e) => e.type !== "message" && events.push(e.type));
     await engine.join("r", "c1", ann, 100);
     now += 50;
     await engine.join("r", "c1", ann, 100); // refresh
@@ -179,7 +191,31 @@ for (const factory of ENGINES) {
     assert.deepEqual(await engine.members("r"), [ann]);
     now += 100;
     assert.deepEqual(await engine.members("r"), []);
+    await until(() => events.length >= 2, "join and leave");
     assert.deepEqual(events, ["join", "leave"]);
     await engine.close();
+  });
+
+  test("a second instance on the same store shares ids, history, fan-out and presence", async () => {
+    if (!factory.peer) return;
+    const one = await factory.make({ historySize: 10 });
+    const two = await factory.peer(one);
+    const seen: string[] = [];
+    await two.subscribe(
+      "r",
+      (e) => e.type === "message" && seen.push(`${e.message.id}:${e.message.text}`),
+    );
+    await one.append("r", { from: null, text: "from one" });
+    await two.append("r", { from: null, text: "from two" });
+    await until(() => seen.length >= 2, "both messages on the second instance");
+    assert.deepEqual(seen, ["1:from one", "2:from two"]);
+    const history = await one.read("r", undefined, 10);
+    assert.deepEqual(history.messages.map((m) => m.text), ["from one", "from two"]);
+    await one.join("r", "c1", ann, 60_000);
+    await two.join("r", "c2", { id: "m-bob", nick: "bob" }, 60_000);
+    const members = (await one.members("r")).map((m) => m.nick).sort();
+    assert.deepEqual(members, ["ann", "bob"]);
+    await two.close();
+    await one.close();
   });
 }

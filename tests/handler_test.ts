@@ -181,7 +181,7 @@ function fakeUpgrade(sockets: FakeSocket[] = []): Upgrade {
   };
 }
 
-async function handlerWith(options: Partial<Parameters<typeof createHandler>[0]>) {
+function handlerWith(options: Partial<Parameters<typeof createHandler>[0]>) {
   return createHandler({ hub: makeHub(), assets: new Map(), upgrade: fakeUpgrade(), ...options });
 }
 
@@ -189,7 +189,7 @@ const from = (hostname: string) =>
   ({ remoteAddr: { transport: "tcp", hostname, port: 1234 } }) as Deno.ServeHandlerInfo;
 
 Deno.test("handler checks Origin before the upgrade (CSWSH defence)", async () => {
-  const own = await handlerWith({});
+  const own = handlerWith({});
   const req = (origin?: string) =>
     new Request("http://chat.local:8000/", {
       headers: { ...HANDSHAKE, host: "chat.local:8000", ...(origin ? { origin } : {}) },
@@ -199,18 +199,18 @@ Deno.test("handler checks Origin before the upgrade (CSWSH defence)", async () =
   const evil = await own(req("https://evil.example"));
   assert.equal(evil.status, 403);
   assert.match(await evil.text(), /Origin/);
-  const listed = await handlerWith({ allowedOrigins: ["https://chat.example.com"] });
+  const listed = handlerWith({ allowedOrigins: ["https://chat.example.com"] });
   assert.equal((await listed(req("https://chat.example.com"))).status, 200);
   const notListed = await listed(req("http://chat.local:8000"));
   assert.equal(notListed.status, 403, "an explicit list is exact");
   await notListed.body?.cancel();
-  const any = await handlerWith({ allowedOrigins: ["*"] });
+  const any = handlerWith({ allowedOrigins: ["*"] });
   assert.equal((await any(req("https://evil.example"))).status, 200);
 });
 
 Deno.test("handler caps connections globally (503) and per address (429)", async () => {
   const sockets: FakeSocket[] = [];
-  const handler = await handlerWith({
+  const handler = handlerWith({
     upgrade: fakeUpgrade(sockets),
     maxConnections: 3,
     maxConnectionsPerIp: 2,

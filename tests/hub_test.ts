@@ -223,3 +223,21 @@ Deno.test("hub drops messages over the rate with an error envelope, then closes 
   assert.equal(hub.roomSize("r"), 1);
   assert.equal(hub.metrics.get("parley_rate_limited_total"), 4);
 });
+
+Deno.test("hub drops the binary frame of a refused file envelope", async () => {
+  const hub = makeHub();
+  const [sender, peer] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(sender, { room: "r", rich: true });
+  hub.connect(peer, { room: "r", rich: false });
+  conn.receive(JSON.stringify({ type: "hello", nick: "f" }));
+  await welcomed(sender);
+  conn.receive(JSON.stringify({ type: "file", cid: "f1", name: "x", mime: "nope", size: 1 }));
+  conn.receive(new Uint8Array([1]));
+  conn.receive(new Uint8Array([2])); // unannounced: a file of its own
+  await until(() => peer.sent.length === 1, "the unannounced file");
+  assert.deepEqual([...(peer.sent[0] as Uint8Array)], [2]);
+  assert.deepEqual(
+    sender.envelopes().filter((e) => e.type === "error").map((e) => [e.code, e.cid]),
+    [["bad_envelope", "f1"]],
+  );
+});

@@ -162,10 +162,10 @@ export class MemoryEngine implements Engine {
     return Promise.resolve({ ...base, recovered: after ? false : null, messages });
   }
 
-  subscribe(name: string, listener: (event: EngineEvent) => void): Unsubscribe {
+  subscribe(name: string, listener: (event: EngineEvent) => void): Promise<Unsubscribe> {
     const room = this.#room(name);
     room.listeners.add(listener);
-    return () => room.listeners.delete(listener);
+    return Promise.resolve(() => room.listeners.delete(listener));
   }
 
   #expire(room: RoomState) {
@@ -198,9 +198,13 @@ export class MemoryEngine implements Engine {
   join(name: string, conn: string, member: Member, ttlMs: number): Promise<Member[]> {
     const room = this.#room(name);
     this.#expire(room);
-    const isNew = !this.#hasMember(room, member.id);
+    const known = this.#members(room).find((m) => m.id === member.id);
     room.presence.set(conn, { member: { ...member }, expires: this.#now() + ttlMs });
-    if (isNew) this.#publish(room, { type: "join", member: { ...member } });
+    if (!known) this.#publish(room, { type: "join", member: { ...member } });
+    // A new tab under another nick renames the member everywhere.
+    else if (known.nick !== member.nick) {
+      return this.rename(name, member.id, member.nick).then(() => this.#members(room));
+    }
     return Promise.resolve(this.#members(room));
   }
 
