@@ -48,8 +48,16 @@ export interface HubOptions {
   historySize: number;
   maxMessageBytes: number;
   maxTextLength: number;
-  /** A peer with more than this many bytes queued is closed with {@linkcode SLOW_CONSUMER}. */
+  /**
+   * A peer that falls this many bytes behind its room is closed with
+   * {@linkcode SLOW_CONSUMER} (it resumes from its last id).
+   */
   maxBufferedBytes: number;
+  /**
+   * While a peer's `bufferedAmount` is over this, the hub stops writing to it
+   * and keeps its place in the room's buffer instead (default 256 KiB).
+   */
+  lowWatermark?: number;
   /** Messages per second a connection may send on average (no limit when unset). */
   rateLimit?: number;
   /** Messages a connection may send at once. */
@@ -105,8 +113,36 @@ class Outgoing {
   }
 }
 
+/** One event in a room's buffer, kept while a lagging peer still needs it. */
+interface Entry {
+  seq: number;
+  event: EngineEvent;
+  out?: Outgoing;
+  /** Bytes of all room events before this one. */
+  before: number;
+}
+
+/** Bytes an event costs a peer, for the lag bound. */
+function costOf(event: EngineEvent): number {
+  if (event.type !== "message") return 64;
+  const m = event.message;
+  return 64 + (m.text?.length ?? 0) + (m.data?.byteLength ?? 0);
+}
+
 class Room {
   readonly peers = new Set<Connection>();
+  /**
+   * Events not yet sent to every lagging peer, oldest first, from index
+   * `head`. One copy per event, whatever the number of peers.
+   */
+  entries: Entry[] = [];
+  head = 0;
+  /** Sequence number of the newest event, and buffer bytes up to it. */
+  seq = 0;
+  total = 0;
+  /** Peers whose place (`cursor`) is behind `seq`. */
+  readonly lagging = new Set<Connection>();
+  timer?: ReturnType<typeof setTimeout>;
   /** Resolves once the engine subscription is active. */
   ready!: Promise<void>;
   unsubscribe?: Unsubscribe;
@@ -135,6 +171,8 @@ export class Connection {
   #pendingFile?: Extract<ClientEnvelope, { type: "file" }>;
   /** A `file` envelope was refused: its binary frame is dropped too. */
   #dropNextBinary = false;
+  /** Sequence number of the last room event this peer got, while lagging. */
+  cursor = 0;
   /** Token bucket: tokens left, when last refilled, and recent excess. */
   #tokens: number;
   #refilled = performance.now();
@@ -157,14 +195,12 @@ export class Connection {
     return this.#state === "closed";
   }
 
-  /** Sends, unless the socket is not open; evicts a peer that does not read. */
+  /**
+   * Sends, unless the socket is not open. Room traffic reaches here only
+   * while the peer's queue is under the low watermark (see `Hub.#fanOut`).
+   */
   #send(data: string | Uint8Array): boolean {
     if (this.#state === "closed" || this.socket.readyState !== OPEN) return false;
-    if (this.socket.bufferedAmount > this.hub.options.maxBufferedBytes) {
-      this.hub.metrics.inc("parley_slow_consumer_evictions_total");
-      this.close(SLOW_CONSUMER, "slow consumer: too much data queued; reconnect and resume");
-      return false;
-    }
     try {
       this.socket.send(data);
       this.hub.metrics.inc(
@@ -600,22 +636,97 @@ export class Hub {
     this.#connections.delete(conn);
     const room = this.#rooms.get(conn.info.room);
     if (!room || !room.peers.delete(conn)) return;
+    room.lagging.delete(conn);
     if (room.peers.size === 0) {
       room.dropped = true;
+      if (room.timer !== undefined) clearTimeout(room.timer);
       room.unsubscribe?.();
       this.#rooms.delete(room.name);
     }
   }
 
+  /**
+   * Sends an event to every peer of the room. A peer whose queue is over the
+   * low watermark is not written to: it keeps a cursor into the room's buffer
+   * and catches up as it drains. Memory holds one copy per event, not one per
+   * peer; a peer whose lag passes `maxBufferedBytes` is evicted.
+   */
   #fanOut(room: Room, event: EngineEvent) {
     const out = event.type === "message" ? new Outgoing(event.message) : undefined;
+    const seq = ++room.seq;
+    const before = room.total;
+    room.total += costOf(event);
+    const low = this.options.lowWatermark ?? 256 * 1024;
     for (const peer of room.peers) {
-      try {
-        peer.deliver(event, out);
-      } catch (error) {
-        this.log.error("deliver_failed", { conn: peer.id, error: String(error) });
-        peer.close(CloseCode.internal, "internal error");
+      if (room.lagging.has(peer)) continue;
+      if (peer.socket.bufferedAmount > low) {
+        peer.cursor = seq - 1;
+        room.lagging.add(peer);
+        continue;
       }
+      this.#deliver(peer, event, out);
+    }
+    if (room.lagging.size === 0) {
+      room.entries.length = 0;
+      room.head = 0;
+      return;
+    }
+    room.entries.push({ seq, event, out, before });
+    this.#catchUp(room);
+  }
+
+  #deliver(peer: Connection, event: EngineEvent, out?: Outgoing) {
+    try {
+      peer.deliver(event, out);
+    } catch (error) {
+      this.log.error("deliver_failed", { conn: peer.id, error: String(error) });
+      peer.close(CloseCode.internal, "internal error");
+    }
+  }
+
+  /** Sends lagging peers what they can take now; evicts those too far behind. */
+  #catchUp(room: Room) {
+    const low = this.options.lowWatermark ?? 256 * 1024;
+    const first = room.entries[room.head];
+    for (const peer of room.lagging) {
+      let index = room.head + (peer.cursor + 1 - first.seq);
+      while (index < room.entries.length && peer.socket.bufferedAmount <= low && !peer.closed) {
+        const entry = room.entries[index++];
+        peer.cursor = entry.seq;
+        this.#deliver(peer, entry.event, entry.out);
+      }
+      if (peer.closed) continue;
+      if (peer.cursor === room.seq) {
+        room.lagging.delete(peer);
+        continue;
+      }
+      const behind = room.total - room.entries[index].before;
+      if (behind > this.options.maxBufferedBytes) {
+        this.metrics.inc("parley_slow_consumer_evictions_total");
+        peer.close(SLOW_CONSUMER, "slow consumer: fell too far behind; reconnect and resume");
+      }
+    }
+    // Drop what every lagging peer already has.
+    let min = room.seq;
+    for (const peer of room.lagging) min = Math.min(min, peer.cursor);
+    while (room.head < room.entries.length && room.entries[room.head].seq <= min) {
+      room.entries[room.head++] = undefined as unknown as Entry;
+    }
+    if (room.head === room.entries.length) {
+      room.entries.length = 0;
+      room.head = 0;
+    } else if (room.head > 1024 && room.head * 2 > room.entries.length) {
+      room.entries = room.entries.slice(room.head);
+      room.head = 0;
+    }
+    if (room.lagging.size > 0) {
+      room.timer ??= setTimeout(() => {
+        room.timer = undefined;
+        if (!room.dropped && room.lagging.size > 0) this.#catchUp(room);
+      }, 5);
+    } else if (room.timer !== undefined) {
+      clearTimeout(room.timer);
+      room.timer = undefined;
     }
   }
 

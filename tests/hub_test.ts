@@ -120,18 +120,37 @@ Deno.test("hub counts UTF-8 bytes, not characters, near the cap", async () => {
   assert.equal(a.closes[0].code, 1009);
 });
 
-Deno.test("hub evicts a slow consumer at once, without waiting for onclose", async () => {
-  const hub = makeHub({ maxBufferedBytes: 100 });
+Deno.test("hub stops writing to a peer over the watermark and catches it up in order", async () => {
+  const hub = makeHub({ lowWatermark: 100, maxBufferedBytes: 1 << 20 });
+  const [fast, slow] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(fast, { room: "r", rich: false });
+  hub.connect(slow, { room: "r", rich: false });
+  await settle();
+  slow.bufferedAmount = 101;
+  for (let i = 0; i < 50; i++) conn.receive(`m${i}`);
+  assert.equal(fast.sent.length, 50, "the fast reader is not held back");
+  assert.equal(slow.sent.length, 0, "nothing written over the watermark");
+  slow.bufferedAmount = 0; // drained
+  await until(() => slow.sent.length === 50, "catch-up");
+  assert.deepEqual(slow.sent, fast.sent);
+  conn.receive("live");
+  assert.equal(slow.sent.at(-1), "live");
+  assert.equal(slow.closes.length, 0);
+});
+
+Deno.test("hub evicts a peer that falls too far behind, at once, without waiting for onclose", async () => {
+  const hub = makeHub({ lowWatermark: 100, maxBufferedBytes: 1000 });
   const [a, slow] = [new FakeSocket(), new FakeSocket()];
   const conn = hub.connect(a, { room: "r", rich: false });
   hub.connect(slow, { room: "r", rich: false });
   await settle();
   slow.bufferedAmount = 101;
-  conn.receive("x");
+  for (let i = 0; i < 20 && slow.closes.length === 0; i++) conn.receive("x".repeat(100));
   assert.equal(slow.closes[0].code, SLOW_CONSUMER);
   assert.match(slow.closes[0].reason ?? "", /slow consumer/);
   assert.equal(hub.roomSize("r"), 1);
-  assert.deepEqual(a.sent, ["x"]);
+  assert.equal(a.sent.length, hub.metrics.get("parley_relays_total"));
+  assert.equal(hub.metrics.get("parley_slow_consumer_evictions_total"), 1);
 });
 
 Deno.test("hub maps raw text to rich envelopes and rich messages to raw text", async () => {
