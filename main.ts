@@ -69,7 +69,11 @@ if (import.meta.main) {
     console.error(`parley: ${error.message}`);
     Deno.exit(2);
   }
-  const app = await createApp(config);
+  const app = await createApp(config).catch((error) => {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(`parley: ${error.message}`);
+    Deno.exit(2);
+  });
   // No exception may end the process: log it and go on.
   globalThis.addEventListener("error", (event) => {
     event.preventDefault();

@@ -622,10 +622,23 @@ export class Hub {
       created.ready = this.options.engine.subscribe(
         created.name,
         (event) => this.#fanOut(created, event),
-      ).then((unsubscribe) => {
-        if (created.dropped) unsubscribe();
-        else created.unsubscribe = unsubscribe;
-      });
+      ).then(
+        (unsubscribe) => {
+          if (created.dropped) unsubscribe();
+          else created.unsubscribe = unsubscribe;
+        },
+        (error) => {
+          // Without a subscription the room would be deaf here: forget it and
+          // close its peers, so they reconnect (and resume) once it works.
+          this.log.error("subscribe_failed", { room: created.name, error: String(error) });
+          if (this.#rooms.get(created.name) === created) this.#rooms.delete(created.name);
+          created.dropped = true;
+          for (const peer of [...created.peers]) {
+            peer.close(CloseCode.tryAgainLater, "the room is unavailable; reconnect later");
+          }
+          throw error;
+        },
+      );
     }
     room.peers.add(conn);
     return room.ready;

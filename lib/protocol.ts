@@ -17,6 +17,7 @@ export const CloseCode = {
   policy: 1008,
   tooBig: 1009,
   internal: 1011,
+  tryAgainLater: 1013,
 } as const;
 
 /** Room names: 1 to 64 characters from `A-Z a-z 0-9 _ -`. */

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, DEFAULT_CONFIG, loadConfig } from "../lib/config.ts";
+import { ConfigError, DEFAULT_CONFIG, ENV_VARS, loadConfig } from "../lib/config.ts";
 
 const env = (vars: Record<string, string>) => (name: string) => vars[name];
 
@@ -103,3 +103,9 @@ for (const [vars, variable, message] of bad) {
     });
   });
 }
+
+Deno.test("config: `deno task start` may read exactly the variables Parley reads", async () => {
+  const deno = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const listed = /--allow-env=(\S+)/.exec(deno.tasks.start)?.[1].split(",") ?? [];
+  assert.deepEqual([...listed].sort(), [...ENV_VARS].sort());
+});

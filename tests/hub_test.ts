@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { MemoryEngine } from "../lib/engines/memory.ts";
 import { SLOW_CONSUMER } from "../lib/hub.ts";
 import { FakeSocket, makeHub, settle, until, welcomed } from "./fakes.ts";
 
@@ -259,4 +260,27 @@ Deno.test("hub drops the binary frame of a refused file envelope", async () => {
     sender.envelopes().filter((e) => e.type === "error").map((e) => [e.code, e.cid]),
     [["bad_envelope", "f1"]],
   );
+});
+
+Deno.test("hub closes a room's peers with 1013 when the engine cannot subscribe, and recovers", async () => {
+  const engine = new MemoryEngine({ historySize: 10, historyBytes: 1 << 20, historyFileBytes: 16 });
+  let failing = true;
+  const subscribe = engine.subscribe.bind(engine);
+  engine.subscribe = (room, listener) =>
+    failing ? Promise.reject(new Error("engine down")) : subscribe(room, listener);
+  const hub = makeHub({ engine });
+  const [raw, rich] = [new FakeSocket(), new FakeSocket()];
+  hub.connect(raw, { room: "r", rich: false });
+  hub.connect(rich, { room: "r", rich: true })
+    .receive(JSON.stringify({ type: "hello", nick: "ann" }));
+  await until(() => raw.closes.length > 0 && rich.closes.length > 0, "closes");
+  assert.equal(raw.closes[0].code, 1013);
+  assert.equal(rich.closes[0].code, 1013);
+  assert.equal(hub.rooms.size, 0);
+  failing = false;
+  const again = new FakeSocket();
+  const conn = hub.connect(again, { room: "r", rich: false });
+  await settle();
+  conn.receive("back");
+  assert.deepEqual(again.sent, ["back"]);
 });

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Config } from "../config.ts";
+import { type Config, ConfigError } from "../config.ts";
 import type { Engine } from "../engine.ts";
 import type { Logger } from "../log.ts";
 import { MemoryEngine } from "./memory.ts";
@@ -20,8 +20,19 @@ export async function createEngine(config: Config, logger: Logger): Promise<Engi
       return await KvEngine.open(config, logger);
     }
     case "redis": {
-      const { RedisEngine } = await import("./redis.ts");
-      return await RedisEngine.connect(config, logger);
+      let module: typeof import("./redis.ts");
+      try {
+        module = await import("./redis.ts");
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotCapable)) throw error;
+        // ioredis's `debug` dependency reads the whole environment on import.
+        throw new ConfigError(
+          "ENGINE",
+          "redis",
+          "--allow-env without a list, which the Redis client needs: run `deno task start:redis`",
+        );
+      }
+      return await module.RedisEngine.connect(config, logger);
     }
   }
 }
