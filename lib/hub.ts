@@ -49,8 +49,8 @@ export interface HubOptions {
   maxMessageBytes: number;
   maxTextLength: number;
   /**
-   * A peer that falls this many bytes behind its room is closed with
-   * {@linkcode SLOW_CONSUMER} (it resumes from its last id).
+   * A peer that falls this many bytes behind its room and stops draining is
+   * closed with {@linkcode SLOW_CONSUMER} (it resumes from its last id).
    */
   maxBufferedBytes: number;
   /**
@@ -58,6 +58,11 @@ export interface HubOptions {
    * and keeps its place in the room's buffer instead (default 256 KiB).
    */
   lowWatermark?: number;
+  /**
+   * A peer over `maxBufferedBytes` behind is evicted once its queue has not
+   * drained for this long (default 2000 ms).
+   */
+  stallMs?: number;
   /** Messages per second a connection may send on average (no limit when unset). */
   rateLimit?: number;
   /** Messages a connection may send at once. */
@@ -173,6 +178,8 @@ export class Connection {
   #dropNextBinary = false;
   /** Sequence number of the last room event this peer got, while lagging. */
   cursor = 0;
+  /** When this lagging peer last had room in its queue (`performance.now()`). */
+  progressAt = 0;
   /** Token bucket: tokens left, when last refilled, and recent excess. */
   #tokens: number;
   #refilled = performance.now();
@@ -674,6 +681,7 @@ export class Hub {
       if (room.lagging.has(peer)) continue;
       if (peer.socket.bufferedAmount > low) {
         peer.cursor = seq - 1;
+        peer.progressAt = performance.now();
         room.lagging.add(peer);
         continue;
       }
@@ -697,12 +705,21 @@ export class Hub {
     }
   }
 
-  /** Sends lagging peers what they can take now; evicts those too far behind. */
+  /**
+   * Sends lagging peers what they can take now. A peer more than
+   * `maxBufferedBytes` behind is evicted once its queue has not drained for
+   * `stallMs`, or at once past eight times that bound: a reader that keeps up
+   * is never evicted because the server outran it for a moment.
+   */
   #catchUp(room: Room) {
     const low = this.options.lowWatermark ?? 256 * 1024;
+    const stallMs = this.options.stallMs ?? 2000;
+    const max = this.options.maxBufferedBytes;
+    const now = performance.now();
     const first = room.entries[room.head];
     for (const peer of room.lagging) {
       let index = room.head + (peer.cursor + 1 - first.seq);
+      if (peer.socket.bufferedAmount <= low) peer.progressAt = now;
       while (index < room.entries.length && peer.socket.bufferedAmount <= low && !peer.closed) {
         const entry = room.entries[index++];
         peer.cursor = entry.seq;
@@ -714,7 +731,7 @@ export class Hub {
         continue;
       }
       const behind = room.total - room.entries[index].before;
-      if (behind > this.options.maxBufferedBytes) {
+      if (behind > max && (now - peer.progressAt > stallMs || behind > 8 * max)) {
         this.metrics.inc("parley_slow_consumer_evictions_total");
         peer.close(SLOW_CONSUMER, "slow consumer: fell too far behind; reconnect and resume");
       }

@@ -139,19 +139,38 @@ Deno.test("hub stops writing to a peer over the watermark and catches it up in o
   assert.equal(slow.closes.length, 0);
 });
 
-Deno.test("hub evicts a peer that falls too far behind, at once, without waiting for onclose", async () => {
+Deno.test("hub evicts a peer far past the lag bound at once, without waiting for onclose", async () => {
   const hub = makeHub({ lowWatermark: 100, maxBufferedBytes: 1000 });
   const [a, slow] = [new FakeSocket(), new FakeSocket()];
   const conn = hub.connect(a, { room: "r", rich: false });
   hub.connect(slow, { room: "r", rich: false });
   await settle();
   slow.bufferedAmount = 101;
-  for (let i = 0; i < 20 && slow.closes.length === 0; i++) conn.receive("x".repeat(100));
+  let sent = 0;
+  while (slow.closes.length === 0 && sent < 200) {
+    conn.receive("x".repeat(100));
+    sent++;
+  }
   assert.equal(slow.closes[0].code, SLOW_CONSUMER);
   assert.match(slow.closes[0].reason ?? "", /slow consumer/);
+  assert.ok(sent * 164 > 8000, "only past eight times the bound when it still drains");
   assert.equal(hub.roomSize("r"), 1);
-  assert.equal(a.sent.length, hub.metrics.get("parley_relays_total"));
+  assert.equal(a.sent.length, sent, "the other peer got everything");
   assert.equal(hub.metrics.get("parley_slow_consumer_evictions_total"), 1);
+});
+
+Deno.test("hub evicts a peer past the lag bound once its queue stalls", async () => {
+  const hub = makeHub({ lowWatermark: 100, maxBufferedBytes: 1000, stallMs: 30 });
+  const [a, slow] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(slow, { room: "r", rich: false });
+  await settle();
+  slow.bufferedAmount = 101;
+  for (let i = 0; i < 10; i++) conn.receive("x".repeat(100)); // 1640 bytes behind
+  assert.equal(slow.closes.length, 0, "not yet: it may still drain");
+  await until(() => slow.closes.length > 0, "the eviction after the stall");
+  assert.equal(slow.closes[0].code, SLOW_CONSUMER);
+  assert.equal(hub.roomSize("r"), 1);
 });
 
 Deno.test("hub maps raw text to rich envelopes and rich messages to raw text", async () => {
