@@ -3,7 +3,7 @@
  * `--parallel`: one worker per core, each importing this module.
  *
  * Workers share nothing in memory, so the default engine here is `kv` on the
- * local file `data/parley.kv` (every worker opens it; `kv.watch` carries the
+ * local file `parley.sqlite` (every worker opens it; `kv.watch` carries the
  * fan-out between them). `ENGINE=redis` works too; `ENGINE=memory` would split
  * rooms between workers and is refused.
  *
@@ -13,7 +13,7 @@
 import { ConfigError, loadConfig } from "./lib/config.ts";
 import { createApp } from "./main.ts";
 
-const SERVE_DEFAULTS: Record<string, string> = { ENGINE: "kv", KV_PATH: "data/parley.kv" };
+const SERVE_DEFAULTS: Record<string, string> = { ENGINE: "kv", KV_PATH: "parley.sqlite" };
 
 function fail(message: string): never {
   console.error(`parley: ${message}`);
@@ -29,10 +29,6 @@ try {
 }
 if (config.engine === "memory") {
   fail("ENGINE=memory: deno serve --parallel workers share no memory; use kv or redis");
-}
-if (config.engine === "kv" && config.kvPath) {
-  const dir = config.kvPath.slice(0, config.kvPath.lastIndexOf("/"));
-  if (dir) Deno.mkdirSync(dir, { recursive: true });
 }
 
 const app = await createApp(config);
