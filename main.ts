@@ -116,6 +116,11 @@ if (import.meta.main) {
     () => stopping || fail("the listener stopped"),
     (error) => fail(`the listener failed: ${error}`),
   );
-  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
-  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    try {
+      Deno.addSignalListener(signal, () => stop(signal));
+    } catch {
+      // No signals here (Deno Deploy): the platform ends the instance.
+    }
+  }
 }
