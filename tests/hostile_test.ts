@@ -306,7 +306,8 @@ Deno.test("a message over maxMessageBytes closes its sender with 1009 and reache
 // before the message event, so Parley's MAX_MESSAGE_BYTES is only checked
 // after Deno buffered all of it (here 70 MiB, with a 1 MiB limit). This test
 // pins that; it flips when Deno gains a max message size (then Deno closes the
-// connection itself, before the last fragment).
+// connection itself). Deno 2.5 behaves the same, but its close frame here
+// carries no reason.
 Deno.test("a 70 MiB message in 1 MiB fragments is buffered whole by Deno, then closed with 1009 by Parley (known limit)", async () => {
   await withServer({ maxMessageBytes: 1024 * 1024 }, async (fixture) => {
     const { server } = fixture;
@@ -335,8 +336,13 @@ Deno.test("a 70 MiB message in 1 MiB fragments is buffered whole by Deno, then c
     assert.equal(writeError, undefined, "every fragment was written");
     assert.equal(written, fragments);
     assert.equal(ending.closeCode, 1009);
-    assert.match(ending.closeReason, /^message too big/, "Parley's reason, not Deno's");
     assert.equal(server.app.hub.metrics.get("parley_drops_total", { reason: "too_big" }), 1);
+    if (Deno.version.deno.startsWith("2.5.")) {
+      // Deno 2.5 (Deploy's runtime) loses the close reason in this case.
+      assert.equal(ending.closeReason, "");
+    } else {
+      assert.match(ending.closeReason, /^message too big/, "Parley's reason, not Deno's");
+    }
     await assertOnlyOffenderSuffered(server, room, peers);
   });
 });
