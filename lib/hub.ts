@@ -36,6 +36,12 @@ export interface Socket {
 
 const OPEN = 1;
 
+/**
+ * Memory, in bytes, that one queued frame costs Deno beyond its payload (an
+ * async write op and its buffers), as measured with short frames on Deno 2.9.
+ */
+export const FRAME_OVERHEAD = 1024;
+
 /** Close code for a peer that does not read fast enough. */
 export const SLOW_CONSUMER = 4001;
 
@@ -54,8 +60,11 @@ export interface HubOptions {
    */
   maxBufferedBytes: number;
   /**
-   * While a peer's `bufferedAmount` is over this, the hub stops writing to it
-   * and keeps its place in the room's buffer instead (default 256 KiB).
+   * While a peer's queue is over this, the hub stops writing to it and keeps
+   * its place in the room's buffer instead (default 256 KiB). The queue is
+   * counted as `bufferedAmount` plus {@linkcode FRAME_OVERHEAD} per queued
+   * frame: each pending send costs Deno about that much memory whatever its
+   * size, so a queue of short frames must stay short.
    */
   lowWatermark?: number;
   /**
@@ -180,6 +189,9 @@ export class Connection {
   cursor = 0;
   /** When this lagging peer last had room in its queue (`performance.now()`). */
   progressAt = 0;
+  /** Frames and bytes sent so far, for the average frame size. */
+  #framesSent = 0;
+  #bytesSent = 0;
   /** Token bucket: tokens left, when last refilled, and recent excess. */
   #tokens: number;
   #refilled = performance.now();
@@ -210,11 +222,10 @@ export class Connection {
     if (this.#state === "closed" || this.socket.readyState !== OPEN) return false;
     try {
       this.socket.send(data);
-      this.hub.metrics.inc(
-        "parley_bytes_out_total",
-        undefined,
-        typeof data === "string" ? data.length : data.byteLength,
-      );
+      const size = typeof data === "string" ? data.length : data.byteLength;
+      this.#framesSent++;
+      this.#bytesSent += size;
+      this.hub.metrics.inc("parley_bytes_out_total", undefined, size);
       return true;
     } catch (error) {
       this.hub.log.warn("send_failed", { conn: this.id, error: String(error) });
@@ -245,6 +256,18 @@ export class Connection {
     } else if (m.data) {
       this.#send(m.data);
     }
+  }
+
+  /**
+   * What this peer's socket queue costs: its `bufferedAmount` plus
+   * {@linkcode FRAME_OVERHEAD} for each frame it likely holds, estimated from
+   * the average size of the frames sent to it.
+   */
+  queueCost(): number {
+    const buffered = this.socket.bufferedAmount;
+    if (buffered === 0) return 0;
+    const average = this.#framesSent > 0 ? this.#bytesSent / this.#framesSent : buffered;
+    return buffered + (buffered / Math.max(1, average)) * FRAME_OVERHEAD;
   }
 
   /** Delivers one engine event (the room builds `out` once for all peers). */
@@ -679,7 +702,7 @@ export class Hub {
     const low = this.options.lowWatermark ?? 256 * 1024;
     for (const peer of room.peers) {
       if (room.lagging.has(peer)) continue;
-      if (peer.socket.bufferedAmount > low) {
+      if (peer.queueCost() > low) {
         peer.cursor = seq - 1;
         peer.progressAt = performance.now();
         room.lagging.add(peer);
@@ -719,8 +742,8 @@ export class Hub {
     const first = room.entries[room.head];
     for (const peer of room.lagging) {
       let index = room.head + (peer.cursor + 1 - first.seq);
-      if (peer.socket.bufferedAmount <= low) peer.progressAt = now;
-      while (index < room.entries.length && peer.socket.bufferedAmount <= low && !peer.closed) {
+      if (peer.queueCost() <= low) peer.progressAt = now;
+      while (index < room.entries.length && peer.queueCost() <= low && !peer.closed) {
         const entry = room.entries[index++];
         peer.cursor = entry.seq;
         this.#deliver(peer, entry.event, entry.out);
