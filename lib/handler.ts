@@ -157,7 +157,12 @@ export function createHandler(options: HandlerOptions): Handler {
   let open = 0;
   const perIp = new Map<string, number>();
 
-  function websocket(req: Request, room: string, info?: Deno.ServeHandlerInfo): Response {
+  function websocket(
+    req: Request,
+    url: URL,
+    room: string,
+    info?: Deno.ServeHandlerInfo,
+  ): Response {
     const bad = checkHandshake(req);
     if (bad) return bad;
     if (!accepting()) return text(503, "shutting down: connect to another instance");
@@ -176,7 +181,6 @@ export function createHandler(options: HandlerOptions): Handler {
       hub.metrics.inc("parley_rejected_total", { reason: "per_ip" });
       return text(429, "too many connections from your address", { "retry-after": "10" });
     }
-    const url = new URL(req.url);
     const rich = hasToken(req.headers.get("sec-websocket-protocol"), SUBPROTOCOL);
     let history: number | undefined;
     let last: Position | undefined;
@@ -270,7 +274,7 @@ export function createHandler(options: HandlerOptions): Handler {
       if (!hasToken(req.headers.get("upgrade"), "websocket")) {
         return text(400, "bad handshake: the Upgrade header must be websocket");
       }
-      return websocket(req, room, info);
+      return websocket(req, url, room, info);
     }
     if (!isRead) return methodNotAllowed();
     if (!page) return text(404, "not found: static/index.html is missing");
