@@ -787,6 +787,14 @@ export class Hub {
   close(code: number = CloseCode.goingAway, reason = "server shutting down"): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    // Detach every room first: the leaves that follow then reach no local
+    // peer, instead of each of n closes announcing itself to the n still open.
+    for (const room of this.#rooms.values()) {
+      room.dropped = true;
+      if (room.timer !== undefined) clearTimeout(room.timer);
+      room.unsubscribe?.();
+    }
+    this.#rooms.clear();
     for (const conn of [...this.#connections]) conn.close(code, reason);
   }
 }

@@ -303,3 +303,21 @@ Deno.test("hub closes a room's peers with 1013 when the engine cannot subscribe,
   conn.receive("back");
   assert.deepEqual(again.sent, ["back"]);
 });
+
+Deno.test("hub closes every connection with 1001 on shutdown without announcing each leave to the rest", async () => {
+  const hub = makeHub();
+  const sockets = Array.from({ length: 50 }, () => new FakeSocket());
+  sockets.forEach((s, i) =>
+    hub.connect(s, { room: "r", rich: true }).receive(
+      JSON.stringify({ type: "hello", nick: `n${i}` }),
+    )
+  );
+  for (const s of sockets) await welcomed(s);
+  const before = sockets.map((s) => s.sent.length);
+  hub.close();
+  await settle();
+  assert.ok(sockets.every((s) => s.closes[0]?.code === 1001));
+  assert.deepEqual(sockets.map((s) => s.sent.length), before, "no leave fan-out during shutdown");
+  assert.equal(hub.connections.size, 0);
+  assert.equal(hub.rooms.size, 0);
+});
