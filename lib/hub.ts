@@ -562,10 +562,14 @@ export class Connection {
         this.hub.log.warn("presence_failed", { error: String(error) })
       );
     }
-    if (code !== undefined) {
-      this.hub.metrics.inc("parley_closes_total", { code });
-      this.hub.log.info("close", { conn: this.id, room: this.info.room, code, reason });
-    }
+    if (code !== undefined) this.hub.metrics.inc("parley_closes_total", { code });
+    this.hub.log.info("close", {
+      conn: this.id,
+      room: this.info.room,
+      by: code === undefined ? "client" : "server",
+      code,
+      reason,
+    });
     try {
       if (this.socket.readyState < 2) this.socket.close(code, reason);
     } catch {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { MemoryEngine } from "../lib/engines/memory.ts";
 import { SLOW_CONSUMER } from "../lib/hub.ts";
+import { createLogger } from "../lib/log.ts";
 import { FakeSocket, makeHub, settle, until, welcomed } from "./fakes.ts";
 
 Deno.test("hub relays a text frame verbatim to every peer, the sender included", async () => {
@@ -320,4 +321,25 @@ Deno.test("hub closes every connection with 1001 on shutdown without announcing 
   assert.deepEqual(sockets.map((s) => s.sent.length), before, "no leave fan-out during shutdown");
   assert.equal(hub.connections.size, 0);
   assert.equal(hub.rooms.size, 0);
+});
+
+Deno.test("hub logs one JSON line per connection event, never message contents", async () => {
+  const lines: string[] = [];
+  const hub = makeHub({ logger: createLogger("info", (line) => lines.push(line)) });
+  const socket = new FakeSocket();
+  const conn = hub.connect(socket, { room: "r", rich: true });
+  conn.receive(JSON.stringify({ type: "hello", nick: "ann" }));
+  await welcomed(socket);
+  conn.receive(JSON.stringify({ type: "message", cid: "c1", text: "a secret" }));
+  await until(() => socket.envelopes().some((e) => e.type === "ack"), "ack");
+  conn.close();
+  const events = lines.map((line) => JSON.parse(line));
+  assert.deepEqual(events.map((e) => e.event), ["open", "join", "close"]);
+  assert.equal(events[2].by, "client");
+  assert.ok(events.every((e) => typeof e.time === "string" && e.level === "info"));
+  assert.ok(!lines.join("\n").includes("a secret"));
+  const quiet: string[] = [];
+  const warnHub = makeHub({ logger: createLogger("warn", (line) => quiet.push(line)) });
+  warnHub.connect(new FakeSocket(), { room: "r", rich: false }).close();
+  assert.deepEqual(quiet, [], "LOG_LEVEL=warn hides connection events");
 });
