@@ -297,6 +297,9 @@ export type ServerEvent =
   | { type: "error"; code: ErrorCode; message: string; cid?: string }
   | { type: "pong"; ts: number };
 
+/** The `welcome` envelope. */
+export type Welcome = Extract<ServerEvent, { type: "welcome" }>;
+
 /** Serialises a server event. */
 export function encode(event: ServerEvent): string {
   return JSON.stringify(event);

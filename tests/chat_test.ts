@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import type { Config } from "../lib/config.ts";
+import type { Member, Welcome } from "../lib/protocol.ts";
 import {
   Client,
   expectSilence,
@@ -18,22 +19,6 @@ import {
 } from "./helpers.ts";
 
 const PROTOCOL = "parley.v1";
-
-interface Member {
-  id: string;
-  nick: string;
-}
-
-interface Welcome {
-  type: "welcome";
-  room: string;
-  epoch: string;
-  head: number;
-  you: Member;
-  members: Member[];
-  recovered: boolean | null;
-  replay: number;
-}
 
 /** A `message` or `file` envelope from the server. */
 interface Stored {
