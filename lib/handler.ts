@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Connection, Hub } from "./hub.ts";
+import type { ConnectInfo, Connection, Hub } from "./hub.ts";
 import {
   LOBBY,
   parsePosition,
@@ -142,6 +142,72 @@ function roomOf(path: string): string | Response {
   return name;
 }
 
+/** Upgraded sockets not yet closed, in all and by client address. */
+class Slots {
+  open = 0;
+  #perIp = new Map<string, number>();
+
+  of(ip: string): number {
+    return this.#perIp.get(ip) ?? 0;
+  }
+
+  take(ip: string): void {
+    this.open++;
+    this.#perIp.set(ip, this.of(ip) + 1);
+  }
+
+  release(ip: string): void {
+    this.open--;
+    const left = this.of(ip) - 1;
+    if (left > 0) this.#perIp.set(ip, left);
+    else this.#perIp.delete(ip);
+  }
+}
+
+/**
+ * Carries one socket's events to its connection. One listener object per
+ * socket, not a closure per event: idle connections are most of a chat
+ * server's memory. No exception escapes it, since one escaping a WebSocket
+ * event handler ends the process.
+ */
+class SocketEvents implements EventListenerObject {
+  #conn?: Connection;
+  #counted = true;
+
+  constructor(
+    readonly hub: Hub,
+    readonly socket: WebSocket,
+    readonly info: ConnectInfo & { ip: string },
+    readonly slots: Slots,
+  ) {}
+
+  handleEvent(event: Event): void {
+    try {
+      switch (event.type) {
+        case "open":
+          this.#conn = this.hub.connect(this.socket, this.info);
+          break;
+        case "message":
+          this.#conn?.receive((event as MessageEvent).data);
+          break;
+        case "close":
+          // It can fire twice.
+          if (this.#counted) this.slots.release(this.info.ip);
+          this.#counted = false;
+          this.#conn?.close();
+          break;
+      }
+    } catch (error) {
+      this.hub.log.error("socket_handler_failed", { error: String(error) });
+      try {
+        this.#conn?.close(1011, "internal error");
+      } catch {
+        // Nothing more to do.
+      }
+    }
+  }
+}
+
 /** Creates the handler. */
 export function createHandler(options: HandlerOptions): Handler {
   const { hub, assets } = options;
@@ -153,9 +219,7 @@ export function createHandler(options: HandlerOptions): Handler {
   const maxConnections = options.maxConnections ?? Infinity;
   const maxPerIp = options.maxConnectionsPerIp ?? Infinity;
   const trustedProxies = options.trustedProxies ?? [];
-  /** Upgraded sockets not yet closed, in all and by address. */
-  let open = 0;
-  const perIp = new Map<string, number>();
+  const slots = new Slots();
 
   function websocket(
     req: Request,
@@ -171,13 +235,13 @@ export function createHandler(options: HandlerOptions): Handler {
       return text(403, "forbidden: this Origin may not connect (see ALLOWED_ORIGINS)");
     }
     const ip = clientIp(req, info, trustedProxies);
-    if (open >= maxConnections) {
+    if (slots.open >= maxConnections) {
       hub.metrics.inc("parley_rejected_total", { reason: "capacity" });
       return text(503, "server full: too many connections; try again later", {
         "retry-after": "10",
       });
     }
-    if ((perIp.get(ip) ?? 0) >= maxPerIp) {
+    if (slots.of(ip) >= maxPerIp) {
       hub.metrics.inc("parley_rejected_total", { reason: "per_ip" });
       return text(429, "too many connections from your address", { "retry-after": "10" });
     }
@@ -207,43 +271,12 @@ export function createHandler(options: HandlerOptions): Handler {
       idleTimeout: options.idleTimeout,
     });
     socket.binaryType = "arraybuffer";
-    open++;
-    perIp.set(ip, (perIp.get(ip) ?? 0) + 1);
-    let counted = true;
-    const release = () => {
-      if (!counted) return;
-      counted = false;
-      open--;
-      const left = (perIp.get(ip) ?? 1) - 1;
-      if (left > 0) perIp.set(ip, left);
-      else perIp.delete(ip);
-    };
-    let conn: Connection | undefined;
-    // An exception escaping a WebSocket event handler ends the process.
-    const guard = <E extends Event>(fn: (event: E) => void) => (event: E) => {
-      try {
-        fn(event);
-      } catch (error) {
-        hub.log.error("socket_handler_failed", { error: String(error) });
-        try {
-          conn?.close(1011, "internal error");
-        } catch {
-          // Nothing more to do.
-        }
-      }
-    };
-    socket.onopen = guard(() => {
-      conn = hub.connect(socket, { room, rich, history, last, ip });
-    });
-    socket.onmessage = guard((event: MessageEvent) => conn?.receive(event.data));
-    socket.onclose = guard(() => {
-      release();
-      conn?.close();
-    });
-    socket.onerror = guard(() => {
-      release();
-      conn?.close();
-    });
+    slots.take(ip);
+    const events = new SocketEvents(hub, socket, { room, rich, history, last, ip }, slots);
+    socket.addEventListener("open", events);
+    socket.addEventListener("message", events);
+    // Deno follows every "error" with "close", which frees the slot.
+    socket.addEventListener("close", events);
     return response;
   }
 
@@ -270,8 +303,11 @@ export function createHandler(options: HandlerOptions): Handler {
     if (asset) return isRead ? serveAsset(req, asset, SECURITY_HEADERS) : methodNotAllowed();
     const room = roomOf(path);
     if (room instanceof Response) return room;
-    if (req.headers.has("upgrade")) {
-      if (!hasToken(req.headers.get("upgrade"), "websocket")) {
+    // `get`, not `has`: on Deno, `has` copies every header into the request,
+    // which an upgraded socket keeps alive (about 1 KiB per connection).
+    const upgradeHeader = req.headers.get("upgrade");
+    if (upgradeHeader !== null) {
+      if (!hasToken(upgradeHeader, "websocket")) {
         return text(400, "bad handshake: the Upgrade header must be websocket");
       }
       return websocket(req, url, room, info);

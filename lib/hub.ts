@@ -170,7 +170,7 @@ const instance = crypto.randomUUID().slice(0, 8);
 
 /** One socket in one room. */
 export class Connection {
-  readonly id = `${instance}-${++connectionCounter}`;
+  readonly #number = ++connectionCounter;
   /** Rich mode: the member, once `hello` was accepted. */
   member?: Member;
   #client?: string;
@@ -204,6 +204,11 @@ export class Connection {
   ) {
     this.#state = info.rich ? "greeting" : "live";
     this.#tokens = hub.options.rateBurst ?? 0;
+  }
+
+  /** Unique in this process and across instances (built when asked: it is mostly unused). */
+  get id(): string {
+    return `${instance}-${this.#number}`;
   }
 
   get rich(): boolean {

@@ -7,8 +7,11 @@
 import { MemoryEngine } from "../lib/engines/memory.ts";
 import { Hub, type HubOptions, type Socket } from "../lib/hub.ts";
 
-/** A socket that records what is sent and closed. */
-export class FakeSocket implements Socket {
+/**
+ * A socket that records what is sent and closed. It is an `EventTarget`, so
+ * tests can dispatch the events the handler listens to.
+ */
+export class FakeSocket extends EventTarget implements Socket {
   readyState = 1;
   bufferedAmount = 0;
   sent: (string | Uint8Array)[] = [];
