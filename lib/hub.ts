@@ -192,6 +192,11 @@ export class Connection {
   /** Frames and bytes sent so far, for the average frame size. */
   #framesSent = 0;
   #bytesSent = 0;
+  /** Queue cost at the last reading, and cost of what was sent since. */
+  #cost = 0;
+  #unread = 0;
+  /** In its room's `lagging` set. */
+  lagging = false;
   /** Token bucket: tokens left, when last refilled, and recent excess. */
   #tokens: number;
   #refilled = performance.now();
@@ -230,7 +235,8 @@ export class Connection {
       const size = typeof data === "string" ? data.length : data.byteLength;
       this.#framesSent++;
       this.#bytesSent += size;
-      this.hub.metrics.inc("parley_bytes_out_total", undefined, size);
+      this.#unread += size + FRAME_OVERHEAD;
+      this.hub.traffic.bytesOut += size;
       return true;
     } catch (error) {
       this.hub.log.warn("send_failed", { conn: this.id, error: String(error) });
@@ -252,7 +258,7 @@ export class Connection {
     if (m.epoch === this.#epoch && m.id <= this.#lastId) return;
     this.#epoch = m.epoch;
     this.#lastId = m.id;
-    this.hub.metrics.inc("parley_relays_total");
+    this.hub.traffic.relays++;
     if (this.rich) {
       if (!this.#send(out.envelope)) return;
       if (m.data) this.#send(m.data);
@@ -268,11 +274,22 @@ export class Connection {
    * {@linkcode FRAME_OVERHEAD} for each frame it likely holds, estimated from
    * the average size of the frames sent to it.
    */
-  queueCost(): number {
+  #queueCost(): number {
     const buffered = this.socket.bufferedAmount;
-    if (buffered === 0) return 0;
+    this.#unread = 0;
+    if (buffered === 0) return this.#cost = 0;
     const average = this.#framesSent > 0 ? this.#bytesSent / this.#framesSent : buffered;
-    return buffered + (buffered / Math.max(1, average)) * FRAME_OVERHEAD;
+    return this.#cost = buffered + (buffered / Math.max(1, average)) * FRAME_OVERHEAD;
+  }
+
+  /**
+   * Whether the queue costs at most `limit`. The queue only grows by what
+   * this connection sends, so the last reading plus what was sent since is an
+   * upper bound: while that is under the limit, Deno is not asked (an op
+   * call per copy sent, the hub's largest cost after `send` itself).
+   */
+  queueWithin(limit: number): boolean {
+    return this.#cost + this.#unread <= limit || this.#queueCost() <= limit;
   }
 
   /** Delivers one engine event (the room builds `out` once for all peers). */
@@ -301,8 +318,10 @@ export class Connection {
       : new Uint8Array(data);
     const size = this.hub.frameSize(frame);
     const { maxMessageBytes } = this.hub.options;
-    this.hub.metrics.inc("parley_messages_in_total", { mode: this.rich ? "rich" : "raw" });
-    this.hub.metrics.inc("parley_bytes_in_total", undefined, size);
+    const { traffic } = this.hub;
+    if (this.rich) traffic.richIn++;
+    else traffic.rawIn++;
+    traffic.bytesIn += size;
     if (size > maxMessageBytes) {
       this.hub.metrics.inc("parley_drops_total", { reason: "too_big" });
       this.close(CloseCode.tooBig, `message too big: the limit is ${maxMessageBytes} bytes`);
@@ -589,6 +608,8 @@ export class Hub {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly presenceTtlMs: number;
+  /** Counters of the per-frame paths, as plain numbers (see `createMetrics`). */
+  readonly traffic = { rawIn: 0, richIn: 0, bytesIn: 0, relays: 0, bytesOut: 0 };
   #rooms = new Map<string, Room>();
   #connections = new Set<Connection>();
   #timer?: ReturnType<typeof setInterval>;
@@ -688,6 +709,7 @@ export class Hub {
     this.#connections.delete(conn);
     const room = this.#rooms.get(conn.info.room);
     if (!room || !room.peers.delete(conn)) return;
+    conn.lagging = false;
     room.lagging.delete(conn);
     if (room.peers.size === 0) {
       room.dropped = true;
@@ -710,10 +732,11 @@ export class Hub {
     room.total += costOf(event);
     const low = this.options.lowWatermark ?? 256 * 1024;
     for (const peer of room.peers) {
-      if (room.lagging.has(peer)) continue;
-      if (peer.queueCost() > low) {
+      if (peer.lagging) continue;
+      if (!peer.queueWithin(low)) {
         peer.cursor = seq - 1;
         peer.progressAt = performance.now();
+        peer.lagging = true;
         room.lagging.add(peer);
         continue;
       }
@@ -751,14 +774,15 @@ export class Hub {
     const first = room.entries[room.head];
     for (const peer of room.lagging) {
       let index = room.head + (peer.cursor + 1 - first.seq);
-      if (peer.queueCost() <= low) peer.progressAt = now;
-      while (index < room.entries.length && peer.queueCost() <= low && !peer.closed) {
+      if (peer.queueWithin(low)) peer.progressAt = now;
+      while (index < room.entries.length && peer.queueWithin(low) && !peer.closed) {
         const entry = room.entries[index++];
         peer.cursor = entry.seq;
         this.#deliver(peer, entry.event, entry.out);
       }
       if (peer.closed) continue;
       if (peer.cursor === room.seq) {
+        peer.lagging = false;
         room.lagging.delete(peer);
         continue;
       }
@@ -821,17 +845,26 @@ export function createMetrics(hub: Hub): Metrics {
       hub.rooms.size,
     ]])
     .counter("parley_connections_total", "Connections accepted, by mode.")
-    .counter("parley_messages_in_total", "Frames received from clients, by mode.")
-    .counter(
+    .counterFrom("parley_messages_in_total", "Frames received from clients, by mode.", () => [
+      [{ mode: "raw" }, hub.traffic.rawIn],
+      [{ mode: "rich" }, hub.traffic.richIn],
+    ])
+    .counterFrom(
       "parley_bytes_in_total",
       "Bytes of binary frames and UTF-16 code units of text frames received.",
+      () => [[undefined, hub.traffic.bytesIn]],
     )
-    .counter("parley_relays_total", "Messages sent to peers (one per peer).")
+    .counterFrom(
+      "parley_relays_total",
+      "Messages sent to peers (one per peer).",
+      () => [[undefined, hub.traffic.relays]],
+    )
     .counter("parley_drops_total", "Messages dropped, by reason.")
     .counter("parley_closes_total", "Connections closed by the server, by close code.")
-    .counter(
+    .counterFrom(
       "parley_bytes_out_total",
       "Bytes of binary frames and UTF-16 code units of text frames sent.",
+      () => [[undefined, hub.traffic.bytesOut]],
     )
     .counter("parley_slow_consumer_evictions_total", "Peers closed for not reading.")
     .counter("parley_rate_limited_total", "Frames dropped by the rate limit.")

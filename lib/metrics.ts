@@ -34,6 +34,20 @@ export class Metrics {
     return this;
   }
 
+  /**
+   * Declares a counter kept elsewhere (a plain number is cheaper than `inc`
+   * on a path taken once per copy sent) and read by `read` at render time.
+   */
+  counterFrom(
+    name: string,
+    help: string,
+    read: () => Iterable<[Labels | undefined, number]>,
+  ): this {
+    this.#help.set(name, ["counter", help]);
+    this.#gauges.set(name, read);
+    return this;
+  }
+
   /** Adds `by` (default 1) to a counter. */
   inc(name: string, labels?: Labels, by = 1): void {
     const series = this.#values.get(name);
@@ -44,7 +58,11 @@ export class Metrics {
 
   /** The value of one counter series, 0 when never incremented. */
   get(name: string, labels?: Labels): number {
-    return this.#values.get(name)?.get(key(name, labels)) ?? 0;
+    const read = this.#gauges.get(name);
+    if (!read) return this.#values.get(name)?.get(key(name, labels)) ?? 0;
+    const wanted = key(name, labels);
+    for (const [l, value] of read()) if (key(name, l) === wanted) return value;
+    return 0;
   }
 
   /** Renders every metric in the Prometheus text exposition format. */

@@ -17,10 +17,21 @@ export class FakeSocket extends EventTarget implements Socket {
   sent: (string | Uint8Array)[] = [];
   closes: { code?: number; reason?: string }[] = [];
   failSend = false;
+  /** A stalled socket queues what is sent, as a peer that stopped reading. */
+  stalled = false;
 
   send(data: string | Uint8Array): void {
     if (this.failSend) throw new Error("send failed");
     this.sent.push(data);
+    if (this.stalled) {
+      this.bufferedAmount += typeof data === "string" ? data.length : data.byteLength;
+    }
+  }
+
+  /** The peer reads again: the queue empties. */
+  drain(): void {
+    this.stalled = false;
+    this.bufferedAmount = 0;
   }
 
   close(code?: number, reason?: string): void {
