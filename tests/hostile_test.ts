@@ -230,8 +230,9 @@ const HOSTILE_CASES: HostileCase[] = [
 ];
 
 for (const c of HOSTILE_CASES) {
-  Deno.test(`${c.name} ends only that connection`, async () => {
-    await withServer({}, async (fixture) => {
+  Deno.test(`${c.name} ends only that connection and frees its slot`, async () => {
+    // Room for the bystander, the speaker and the offender only.
+    await withServer({ maxConnections: 3 }, async (fixture) => {
       const { server } = fixture;
       const room = "hostile";
       const peers = await bystanderAndSpeaker(fixture, room);
@@ -249,6 +250,12 @@ for (const c of HOSTILE_CASES) {
       );
       assert.equal(ending.frames.length, 0);
       await assertOnlyOffenderSuffered(server, room, peers);
+      let status = 0;
+      for (const end = Date.now() + 5000; status !== 101 && Date.now() < end;) {
+        status = (await fixture.raw(`/${room}`)).status;
+        if (status !== 101) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.equal(status, 101, "the offender's connection slot was released");
     });
   });
 }
