@@ -286,10 +286,13 @@ export class Connection {
    * Whether the queue costs at most `limit`. The queue only grows by what
    * this connection sends, so the last reading plus what was sent since is an
    * upper bound: while that is under the limit, Deno is not asked (an op
-   * call per copy sent, the hub's largest cost after `send` itself).
+   * call per copy sent, the hub's largest cost after `send` itself). With
+   * `ask` false, only the bound is used: within one synchronous loop Deno
+   * cannot drain the queue (its writes complete on the event loop), so asking
+   * again would only cost.
    */
-  queueWithin(limit: number): boolean {
-    return this.#cost + this.#unread <= limit || this.#queueCost() <= limit;
+  queueWithin(limit: number, ask = true): boolean {
+    return this.#cost + this.#unread <= limit || (ask && this.#queueCost() <= limit);
   }
 
   /** Delivers one engine event (the room builds `out` once for all peers). */
@@ -775,7 +778,7 @@ export class Hub {
     for (const peer of room.lagging) {
       let index = room.head + (peer.cursor + 1 - first.seq);
       if (peer.queueWithin(low)) peer.progressAt = now;
-      while (index < room.entries.length && peer.queueWithin(low) && !peer.closed) {
+      while (index < room.entries.length && peer.queueWithin(low, false) && !peer.closed) {
         const entry = room.entries[index++];
         peer.cursor = entry.seq;
         this.#deliver(peer, entry.event, entry.out);
