@@ -18,7 +18,8 @@ function key(name: string, labels?: Labels): string {
 export class Metrics {
   #help = new Map<string, [type: "counter" | "gauge", help: string]>();
   #values = new Map<string, Map<string, number>>();
-  #gauges = new Map<string, () => Iterable<[Labels | undefined, number]>>();
+  /** Gauges and counters kept elsewhere, read at render time. */
+  #readers = new Map<string, () => Iterable<[Labels | undefined, number]>>();
 
   /** Declares a counter. */
   counter(name: string, help: string): this {
@@ -30,7 +31,7 @@ export class Metrics {
   /** Declares a gauge whose samples are read by `read` at render time. */
   gauge(name: string, help: string, read: () => Iterable<[Labels | undefined, number]>): this {
     this.#help.set(name, ["gauge", help]);
-    this.#gauges.set(name, read);
+    this.#readers.set(name, read);
     return this;
   }
 
@@ -44,7 +45,7 @@ export class Metrics {
     read: () => Iterable<[Labels | undefined, number]>,
   ): this {
     this.#help.set(name, ["counter", help]);
-    this.#gauges.set(name, read);
+    this.#readers.set(name, read);
     return this;
   }
 
@@ -58,7 +59,7 @@ export class Metrics {
 
   /** The value of one counter series, 0 when never incremented. */
   get(name: string, labels?: Labels): number {
-    const read = this.#gauges.get(name);
+    const read = this.#readers.get(name);
     if (!read) return this.#values.get(name)?.get(key(name, labels)) ?? 0;
     const wanted = key(name, labels);
     for (const [l, value] of read()) if (key(name, l) === wanted) return value;
@@ -70,7 +71,7 @@ export class Metrics {
     const lines: string[] = [];
     for (const [name, [type, help]] of this.#help) {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-      const read = this.#gauges.get(name);
+      const read = this.#readers.get(name);
       if (read) {
         for (const [labels, value] of read()) lines.push(`${key(name, labels)} ${value}`);
       } else {

@@ -15,6 +15,25 @@ Deno.test("hub relays a text frame verbatim to every peer, the sender included",
   for (const s of [a, b, c]) assert.deepEqual(s.sent, ["ann: hello"]);
 });
 
+Deno.test("hub counts frames and bytes in, relays and bytes out for /metrics", async () => {
+  const hub = makeHub();
+  const [a, b, c] = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(a, { room: "r", rich: false });
+  hub.connect(b, { room: "r", rich: false });
+  hub.connect(c, { room: "r", rich: false });
+  await settle();
+  conn.receive("hello");
+  conn.receive(new Uint8Array(10).buffer);
+  const { metrics } = hub;
+  assert.equal(metrics.get("parley_messages_in_total", { mode: "raw" }), 2);
+  assert.equal(metrics.get("parley_messages_in_total", { mode: "rich" }), 0);
+  assert.equal(metrics.get("parley_bytes_in_total"), 15);
+  assert.equal(metrics.get("parley_relays_total"), 6, "two messages to three peers");
+  assert.equal(metrics.get("parley_bytes_out_total"), 45);
+  assert.match(metrics.render(), /^parley_relays_total 6$/m);
+  assert.match(metrics.render(), /^parley_messages_in_total\{mode="raw"\} 2$/m);
+});
+
 Deno.test("hub keeps text as text and binary as binary, byte for byte", async () => {
   const hub = makeHub();
   const [a, b] = [new FakeSocket(), new FakeSocket()];
