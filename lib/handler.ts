@@ -8,6 +8,7 @@
 
 import type { ConnectInfo, Connection, Hub } from "./hub.ts";
 import {
+  CloseCode,
   LOBBY,
   parsePosition,
   type Position,
@@ -200,7 +201,7 @@ class SocketEvents implements EventListenerObject {
     } catch (error) {
       this.hub.log.error("socket_handler_failed", { error: String(error) });
       try {
-        this.#conn?.close(1011, "internal error");
+        this.#conn?.close(CloseCode.internal, "internal error");
       } catch {
         // Nothing more to do.
       }
