@@ -4,7 +4,8 @@
  * @module
  */
 
-import { type Config, ConfigError, loadConfig } from "./lib/config.ts";
+import { type Config, ConfigError, listenError, loadConfig, startupFailure } from "./lib/config.ts";
+import type { Engine } from "./lib/engine.ts";
 import { createEngine } from "./lib/engines/mod.ts";
 import { createHandler, type Handler } from "./lib/handler.ts";
 import { Hub } from "./lib/hub.ts";
@@ -20,10 +21,50 @@ export interface App {
   close(): Promise<void>;
 }
 
+/**
+ * Opens the configured engine. A KV database that cannot be opened (a path
+ * this process may not read and write, a folder that does not exist) is a
+ * {@linkcode ConfigError} naming `KV_PATH`, so it stops the start in one line.
+ */
+async function openEngine(config: Config, logger: Logger): Promise<Engine> {
+  try {
+    return await createEngine(config, logger);
+  } catch (error) {
+    if (config.engine !== "kv" || error instanceof ConfigError) throw error;
+    // The kv engine wraps Deno's error; Deno's own says what was wrong.
+    const cause = error instanceof Error && error.cause !== undefined ? error.cause : error;
+    throw new ConfigError(
+      "KV_PATH",
+      config.kvPath ?? "",
+      "a Deno KV database this process may open, read and write",
+      { cause },
+    );
+  }
+}
+
+/**
+ * Reads the TLS certificate and key the configuration names, if any; a file
+ * that cannot be read is a {@linkcode ConfigError} naming its variable.
+ */
+function readTls(config: Config): { cert: string; key: string } | Record<never, never> {
+  if (!config.certFile || !config.keyFile) return {};
+  const read = (variable: string, path: string, what: string) => {
+    try {
+      return Deno.readTextFileSync(path);
+    } catch (cause) {
+      throw new ConfigError(variable, path, `a readable PEM ${what} file`, { cause });
+    }
+  };
+  return {
+    cert: read("TLS_CERT_FILE", config.certFile, "certificate"),
+    key: read("TLS_KEY_FILE", config.keyFile, "private key"),
+  };
+}
+
 /** Builds every part from a configuration. */
 export async function createApp(config: Config, log?: Logger): Promise<App> {
   const logger = log ?? createLogger(config.logLevel);
-  const engine = await createEngine(config, logger);
+  const engine = await openEngine(config, logger);
   const hub = new Hub({
     engine,
     joinHistory: config.joinHistory,
@@ -33,8 +74,8 @@ export async function createApp(config: Config, log?: Logger): Promise<App> {
     maxBufferedBytes: config.slowConsumerBytes,
     rateLimit: config.rateLimit,
     rateBurst: config.rateBurst,
-    presenceTtlMs: 60_000,
-    presenceRefreshMs: 20_000,
+    presenceTtlMs: config.presenceTtl * 1000,
+    presenceRefreshMs: config.presenceRefresh * 1000,
     logger,
   });
   let accepting = true;
@@ -60,20 +101,40 @@ export async function createApp(config: Config, log?: Logger): Promise<App> {
   };
 }
 
-if (import.meta.main) {
-  let config: Config;
+/**
+ * Reads the configuration, builds the parts and listens. Every failure
+ * before listening is one line on standard error and a non-zero exit.
+ */
+async function start(): Promise<{ app: App; server: Deno.HttpServer }> {
   try {
-    config = loadConfig();
+    const config = loadConfig();
+    const tls = readTls(config);
+    const app = await createApp(config);
+    let server: Deno.HttpServer;
+    try {
+      server = Deno.serve({
+        port: config.port,
+        hostname: config.hostname,
+        ...tls,
+        onListen({ hostname, port }) {
+          const scheme = config.certFile ? "https" : "http";
+          const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+          console.log(`Parley listening on ${scheme}://${host}:${port}/`);
+        },
+      }, app.handler);
+    } catch (error) {
+      throw listenError(error, config);
+    }
+    return { app, server };
   } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
-    console.error(`parley: ${error.message}`);
-    Deno.exit(2);
+    const { line, code } = startupFailure(error);
+    console.error(line);
+    Deno.exit(code);
   }
-  const app = await createApp(config).catch((error) => {
-    if (!(error instanceof ConfigError)) throw error;
-    console.error(`parley: ${error.message}`);
-    Deno.exit(2);
-  });
+}
+
+if (import.meta.main) {
+  const { app, server } = await start();
   // No exception may end the process: log it and go on.
   globalThis.addEventListener("error", (event) => {
     event.preventDefault();
@@ -83,19 +144,6 @@ if (import.meta.main) {
     event.preventDefault();
     app.log.error("unhandled_rejection", { error: String(event.reason) });
   });
-  const tls = config.certFile && config.keyFile
-    ? { cert: Deno.readTextFileSync(config.certFile), key: Deno.readTextFileSync(config.keyFile) }
-    : {};
-  const server = Deno.serve({
-    port: config.port,
-    hostname: config.hostname,
-    ...tls,
-    onListen({ hostname, port }) {
-      const scheme = config.certFile ? "https" : "http";
-      const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-      console.log(`Parley listening on ${scheme}://${host}:${port}/`);
-    },
-  }, app.handler);
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;

@@ -10,27 +10,30 @@
  * @module
  */
 
-import { ConfigError, loadConfig } from "./lib/config.ts";
-import { createApp } from "./main.ts";
+import { loadConfig, startupFailure } from "./lib/config.ts";
+import { type App, createApp } from "./main.ts";
 
 const SERVE_DEFAULTS: Record<string, string> = { ENGINE: "kv", KV_PATH: "parley.sqlite" };
 
-function fail(message: string): never {
-  console.error(`parley: ${message}`);
-  Deno.exit(2);
+/** Prints one line and ends the process, as `main.ts` does for a failed start. */
+function fail(line: string, code: number): never {
+  console.error(line);
+  Deno.exit(code);
 }
 
-let config;
+let app: App;
 try {
-  config = loadConfig((name) => Deno.env.get(name) || SERVE_DEFAULTS[name]);
+  const config = loadConfig((name) => Deno.env.get(name) || SERVE_DEFAULTS[name]);
+  if (config.engine === "memory") {
+    fail(
+      "parley: ENGINE=memory: deno serve --parallel workers share no memory; use kv or redis",
+      2,
+    );
+  }
+  app = await createApp(config);
 } catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  fail(error.message);
+  const { line, code } = startupFailure(error);
+  fail(line, code);
 }
-if (config.engine === "memory") {
-  fail("ENGINE=memory: deno serve --parallel workers share no memory; use kv or redis");
-}
-
-const app = await createApp(config);
 
 export default { fetch: app.handler } satisfies Deno.ServeDefaultExport;

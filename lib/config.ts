@@ -56,6 +56,16 @@ export interface Config {
   redisUrl: string;
   /** Log level (`LOG_LEVEL`): debug, info, warn, error or silent. */
   logLevel: LogLevel;
+  /**
+   * Seconds a member's presence entry lives unless refreshed (`PRESENCE_TTL`,
+   * default 60): how long a crashed instance's members linger in the list.
+   */
+  presenceTtl: number;
+  /**
+   * Seconds between refreshes of each presence entry (`PRESENCE_REFRESH`,
+   * default 20, and below `PRESENCE_TTL`).
+   */
+  presenceRefresh: number;
 }
 
 /** The engines Parley has. */
@@ -91,6 +101,8 @@ export const DEFAULT_CONFIG: Readonly<Config> = {
   engine: "memory",
   redisUrl: "redis://127.0.0.1:6379",
   logLevel: "info",
+  presenceTtl: 60,
+  presenceRefresh: 20,
 };
 
 /** The environment variables Parley reads; `deno task start` allows exactly these. */
@@ -117,23 +129,89 @@ export const ENV_VARS = [
   "KV_PATH",
   "REDIS_URL",
   "LOG_LEVEL",
+  "PRESENCE_TTL",
+  "PRESENCE_REFRESH",
 ] as const;
 
-/** A configuration value that does not parse. */
+/**
+ * A configuration value that does not parse, or that names something the
+ * process cannot use (a file it cannot open, a port in use). Its message is
+ * one line.
+ */
 export class ConfigError extends Error {
   /**
    * @param variable The environment variable.
    * @param value Its value.
    * @param expected What it should have been.
+   * @param options `cause`: the failure that showed the value unusable, told
+   *   at the end of the message.
    */
   constructor(
     readonly variable: string,
     readonly value: string,
     readonly expected: string,
+    options?: ErrorOptions,
   ) {
-    super(`${variable}=${JSON.stringify(value)}: expected ${expected}`);
+    const cause = options && "cause" in options ? `; ${oneLine(options.cause)}` : "";
+    super(`${variable}=${JSON.stringify(value)}: expected ${expected}${cause}`, options);
     this.name = "ConfigError";
   }
+}
+
+/** An error as one line: its name and message, whitespace runs collapsed. */
+function oneLine(error: unknown): string {
+  return String(error).replace(/\s+/g, " ").trim();
+}
+
+/**
+ * Names the setting behind a failure of `Deno.serve` to listen: a port in
+ * use is `PORT`'s, an address this machine does not have is `HOSTNAME`'s.
+ *
+ * @returns A {@linkcode ConfigError}, or `error` itself when no setting explains it.
+ */
+export function listenError(
+  error: unknown,
+  config: Pick<Config, "port" | "hostname" | "certFile" | "keyFile">,
+): unknown {
+  const { port, hostname, certFile, keyFile } = config;
+  const address = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+  if (error instanceof Deno.errors.AddrInUse) {
+    return new ConfigError("PORT", String(port), `a free port (${address} is in use)`, {
+      cause: error,
+    });
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return new ConfigError(
+      "PORT",
+      String(port),
+      "a port this process may listen on (below 1024 needs privileges)",
+      { cause: error },
+    );
+  }
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return new ConfigError("HOSTNAME", hostname, "an address of this machine, or 0.0.0.0", {
+      cause: error,
+    });
+  }
+  if (error instanceof Deno.errors.InvalidData && certFile) {
+    return new ConfigError(
+      "TLS_CERT_FILE",
+      certFile,
+      `a PEM certificate that goes with the PEM key TLS_KEY_FILE=${JSON.stringify(keyFile)}`,
+      { cause: error },
+    );
+  }
+  return error;
+}
+
+/**
+ * What to print, and the exit code, when the server cannot start: a
+ * {@linkcode ConfigError} exits with 2, anything else with 1; either way one
+ * line on standard error and no stack trace.
+ */
+export function startupFailure(error: unknown): { line: string; code: number } {
+  if (error instanceof ConfigError) return { line: `parley: ${error.message}`, code: 2 };
+  return { line: `parley: cannot start: ${oneLine(error)}`, code: 1 };
 }
 
 /** Reads a variable; unset and empty both mean "use the default". */
@@ -225,6 +303,18 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     throw new ConfigError("REDIS_URL", redisUrl, "a URL such as redis://127.0.0.1:6379");
   }
   const historySize = integer(env, "HISTORY_SIZE", d.historySize, 1, 1_000_000);
+  const presenceTtl = integer(env, "PRESENCE_TTL", d.presenceTtl, 2, 86400, "seconds");
+  // Unset, the refresh stays under a shorter TTL: a third of it, so that a
+  // late refresh or two still lands before the entry expires.
+  const refreshFallback = Math.min(d.presenceRefresh, Math.max(1, Math.floor(presenceTtl / 3)));
+  const presenceRefresh = integer(env, "PRESENCE_REFRESH", refreshFallback, 1, 86400, "seconds");
+  if (presenceRefresh >= presenceTtl) {
+    throw new ConfigError(
+      "PRESENCE_REFRESH",
+      env("PRESENCE_REFRESH")!.trim(),
+      `seconds less than PRESENCE_TTL (${presenceTtl})`,
+    );
+  }
   const maxMessageBytes = bytes(env, "MAX_MESSAGE_BYTES", d.maxMessageBytes, 1024, 1024 ** 3);
   return {
     port: integer(env, "PORT", d.port, 0, 65535, "an integer port"),
@@ -265,5 +355,7 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     kvPath: env("KV_PATH")?.trim() || undefined,
     redisUrl,
     logLevel,
+    presenceTtl,
+    presenceRefresh,
   };
 }

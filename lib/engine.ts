@@ -19,6 +19,15 @@ export interface MessageDraft {
   data?: Uint8Array;
   name?: string;
   mime?: string;
+  /**
+   * What this entry does to an earlier message of the room: absent for an
+   * ordinary message. An edit carries the new `text`; a delete carries none.
+   */
+  kind?: "edit" | "delete";
+  /** Edits and deletes: the id of the message they act on. */
+  target?: number;
+  /** The id of the message this one answers (ordinary messages only). */
+  replyTo?: number;
 }
 
 /** What {@linkcode Engine.append} gives back. */
@@ -43,24 +52,64 @@ export interface ReadResult {
   messages: StoredMessage[];
 }
 
+/** What {@linkcode Engine.history} gives back. */
+export interface HistoryPage {
+  epoch: string;
+  /**
+   * Up to `limit` ordinary messages (no edit or delete entries) older than
+   * `before`, in id order, with every edit and delete applied: an edited one
+   * has its current `text` and `edited`; a deleted one is a tombstone
+   * (`deleted: true`, no text, no bytes).
+   */
+  messages: StoredMessage[];
+  /** True when history holds older messages than the first one returned. */
+  more: boolean;
+}
+
 /** Something that happened in a room, delivered to subscribers in room order. */
 export type EngineEvent =
   | { type: "message"; message: StoredMessage }
   | { type: "join" | "leave"; member: Member }
-  | { type: "rename"; member: Member; old: string };
+  | { type: "rename"; member: Member; old: string }
+  | { type: "typing"; member: Member };
+
+/** An event that is published but never stored (see {@linkcode Engine.signal}). */
+export type Signal = Extract<EngineEvent, { type: "typing" }>;
 
 /** Stops a subscription. */
 export type Unsubscribe = () => void;
 
 /** Storage and fan-out for rooms. */
 export interface Engine {
-  /** Assigns the next id of the room, stores the message and publishes it. */
+  /**
+   * Assigns the next id of the room, stores the message and publishes it.
+   *
+   * An edit or delete (`draft.kind`) is stored and published like a message,
+   * with its own id, and is also applied to its `target` when the target is
+   * still in history: an edit sets the target's `text` and `edited` (the
+   * edit's `ts`); a delete makes the target, and every earlier edit entry of
+   * it, a tombstone (`deleted: true`, without text or bytes). An edit of a
+   * deleted message leaves it deleted. The engine checks no ownership: the
+   * hub does, before appending.
+   */
   append(room: string, draft: MessageDraft): Promise<AppendResult>;
   /**
-   * Reads history: every message after `after` when that can be done
-   * contiguously, else (or without `after`) the last `limit` messages.
+   * Reads history: every entry after `after` when that can be done
+   * contiguously, else (or without `after`) the last `limit` entries. Entries
+   * are returned with edits and deletes applied (see `append`).
    */
   read(room: string, after: Position | undefined, limit: number): Promise<ReadResult>;
+  /**
+   * A page of scroll-back: the ordinary messages older than `before`, newest
+   * `limit` of them, with edits and deletes applied (see {@linkcode HistoryPage}).
+   */
+  history(room: string, before: number, limit: number): Promise<HistoryPage>;
+  /**
+   * Publishes an event that is never stored, to every subscriber of the room
+   * on every instance, at most once and in no guaranteed order with messages.
+   * Best effort: a subscriber whose feed is cut misses it.
+   */
+  signal(room: string, event: Signal): Promise<void>;
   /**
    * Calls `listener` for every event of the room, in order, until
    * unsubscribed. Resolves once the subscription is active: every message
@@ -76,6 +125,12 @@ export interface Engine {
    * @returns The members of the room after the change.
    */
   join(room: string, conn: string, member: Member, ttlMs: number): Promise<Member[]>;
+  /**
+   * Keeps one connection's presence entry alive for another `ttlMs`, in
+   * constant time whatever the room's size. Re-adds it (and publishes `join`)
+   * when it had expired or was lost, as after a flushed store.
+   */
+  refresh(room: string, conn: string, member: Member, ttlMs: number): Promise<void>;
   /** Removes one connection's entry; publishes `leave` when it was the member's last. */
   leave(room: string, conn: string): Promise<void>;
   /** Changes a member's nick on all its entries and publishes `rename`. */

@@ -71,6 +71,16 @@ function hasToken(header: string | null, token: string): boolean {
   return header?.split(",").some((t) => t.trim().toLowerCase() === token) ?? false;
 }
 
+/**
+ * Whether a `Sec-WebSocket-Protocol` header offers `parley.v1`, in any
+ * position of its comma-separated list, with or without spaces. Tokens are
+ * compared exactly: a browser fails a handshake whose answer differs in case
+ * from what it offered.
+ */
+export function offersSubprotocol(header: string | null): boolean {
+  return header?.split(",").some((t) => t.trim() === SUBPROTOCOL) ?? false;
+}
+
 const KEY_PATTERN = /^[A-Za-z0-9+/]{22}==$/;
 
 /**
@@ -246,34 +256,49 @@ export function createHandler(options: HandlerOptions): Handler {
       hub.metrics.inc("parley_rejected_total", { reason: "per_ip" });
       return text(429, "too many connections from your address", { "retry-after": "10" });
     }
-    const rich = hasToken(req.headers.get("sec-websocket-protocol"), SUBPROTOCOL);
+    const rich = offersSubprotocol(req.headers.get("sec-websocket-protocol"));
     let history: number | undefined;
-    let last: Position | undefined;
     const historyParam = url.searchParams.get("history");
     if (historyParam !== null) {
-      history = /^\d{1,9}$/.test(historyParam) ? Number(historyParam) : NaN;
-      if (!(history <= historySize)) {
-        return text(400, `bad history: expected an integer from 0 to ${historySize}`);
+      if (!/^\d+$/.test(historyParam)) {
+        const value = JSON.stringify(historyParam);
+        return text(400, `bad history: ${value} is not a non-negative integer; use ?history=N`);
       }
+      // A raw client cannot know HISTORY_SIZE: more than there is means all of it.
+      history = Math.min(Number(historyParam), historySize);
     }
-    const lastParam = url.searchParams.get("last");
-    const epochParam = url.searchParams.get("epoch");
+    // Only rich clients resume; a raw client's resume parameters mean nothing.
+    let last: Position | undefined;
+    let badLast: string | undefined;
+    const lastParam = rich ? url.searchParams.get("last") : null;
+    const epochParam = rich ? url.searchParams.get("epoch") : null;
     if (lastParam !== null || epochParam !== null) {
       try {
         last = parsePosition(epochParam, lastParam);
       } catch (error) {
         if (!(error instanceof ProtocolError)) throw error;
-        return text(400, `bad resume position: ${error.message}; use ?epoch=E&last=N`);
+        // Answered in band (`bad_last`): a browser sees only 1006 for an HTTP error.
+        badLast = `bad resume position: ${error.message}; use ?epoch=E&last=N`;
       }
     }
-    // Neither the request nor its info can be read after the upgrade.
-    const { socket, response } = upgrade(req, {
-      protocol: rich ? SUBPROTOCOL : undefined,
-      idleTimeout: options.idleTimeout,
-    });
+    // Neither the request nor its info can be read after the upgrade. Deno's
+    // own subprotocol check splits the header on ", " exactly and throws on
+    // `parley.v1,chat`, so the answer's header is set here instead.
+    let upgraded: { socket: WebSocket; response: Response };
+    try {
+      upgraded = upgrade(req, { idleTimeout: options.idleTimeout });
+      if (rich) upgraded.response.headers.set("sec-websocket-protocol", SUBPROTOCOL);
+    } catch (error) {
+      hub.metrics.inc("parley_rejected_total", { reason: "handshake" });
+      const reason = error instanceof Error ? error.message : String(error);
+      hub.log.warn("upgrade_failed", { ip, error: reason });
+      return text(400, `bad handshake: ${reason.replace(/\s+/g, " ")}`);
+    }
+    const { socket, response } = upgraded;
     socket.binaryType = "arraybuffer";
     slots.take(ip);
-    const events = new SocketEvents(hub, socket, { room, rich, history, last, ip }, slots);
+    const connectInfo = { room, rich, history, last, badLast, ip };
+    const events = new SocketEvents(hub, socket, connectInfo, slots);
     socket.addEventListener("open", events);
     socket.addEventListener("message", events);
     // Deno follows every "error" with "close", which frees the slot.

@@ -9,22 +9,29 @@
  */
 
 import type { Engine, EngineEvent, MessageDraft, Unsubscribe } from "./engine.ts";
+import { authorizeChange, type Change } from "./lifecycle.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import {
+  cidOf,
   type ClientEnvelope,
   CloseCode,
   encode,
   type ErrorCode,
+  type Limits,
+  MAX_PAGE,
   type Member,
   messageEnvelope,
+  messageObject,
   parseClientEnvelope,
   type Position,
   ProtocolError,
   rawText,
   type ServerEvent,
   type StoredMessage,
+  TRANSIENT_ERRORS,
 } from "./protocol.ts";
+import { DEFAULT_QUEUE, Pacer } from "./rate_limit.ts";
 
 /** The part of a WebSocket the hub uses. */
 export interface Socket {
@@ -43,7 +50,18 @@ const OPEN = 1;
 export const FRAME_OVERHEAD = 1024;
 
 /** Close code for a peer that does not read fast enough. */
-export const SLOW_CONSUMER = 4001;
+export const SLOW_CONSUMER = CloseCode.slowConsumer;
+
+/** How long a typing indicator lasts unless renewed, in ms. */
+export const TYPING_TTL_MS = 6000;
+/** A connection's typing signals closer together than this are dropped, in ms. */
+export const TYPING_INTERVAL_MS = 2000;
+/**
+ * The binary frame of a `file` envelope refused for its size is read and
+ * dropped, leaving the connection open, up to this many times
+ * `maxMessageBytes`; a larger one closes the connection with 1009.
+ */
+export const REFUSED_FILE_FACTOR = 4;
 
 /** Options of {@linkcode Hub}. */
 export interface HubOptions {
@@ -76,6 +94,13 @@ export interface HubOptions {
   rateLimit?: number;
   /** Messages a connection may send at once. */
   rateBurst?: number;
+  /**
+   * Frames over the burst that wait their turn instead of being dropped
+   * (a client resending its backlog after a reconnect). @default 256
+   */
+  rateQueue?: number;
+  /** Bytes of such frames. @default 16 MiB */
+  rateQueueBytes?: number;
   /** Presence entries expire this long after their last refresh. */
   presenceTtlMs?: number;
   /** Refresh presence entries this often (no timer when unset). */
@@ -93,6 +118,11 @@ export interface ConnectInfo {
   history?: number;
   /** Rich mode: last position seen, from the URL (the `hello` envelope overrides it). */
   last?: Position;
+  /**
+   * Rich mode: why the URL's resume position (`?epoch=&last=`) did not parse.
+   * A `hello` without its own `last` is then answered `bad_last` in band.
+   */
+  badLast?: string;
   /** Client address, for logs. */
   ip?: string;
 }
@@ -102,6 +132,18 @@ async function memberId(client: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(client));
   return Array.from(new Uint8Array(digest).slice(0, 8), (b) => b.toString(16).padStart(2, "0"))
     .join("");
+}
+
+/** The `cid` of a text frame that was not parsed yet, if it has a well-formed one. */
+function cidOfFrame(frame: string): string | undefined {
+  try {
+    const value: unknown = JSON.parse(frame);
+    return typeof value === "object" && value !== null
+      ? cidOf(value as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Guesses a media type from the first bytes of a file. */
@@ -117,13 +159,15 @@ export function sniffMime(data: Uint8Array): string {
 /** Wire forms of one message, each built at most once per fan-out. */
 class Outgoing {
   #envelope?: string;
-  #raw?: string;
+  #raw?: string | null;
   constructor(readonly message: StoredMessage) {}
   get envelope(): string {
     return this.#envelope ??= messageEnvelope(this.message);
   }
-  get raw(): string {
-    return this.#raw ??= rawText(this.message);
+  /** The raw client's text frame, or null when it gets none. */
+  get raw(): string | null {
+    if (this.#raw === undefined) this.#raw = rawText(this.message) ?? null;
+    return this.#raw;
   }
 }
 
@@ -185,6 +229,10 @@ export class Connection {
   #pendingFile?: Extract<ClientEnvelope, { type: "file" }>;
   /** A `file` envelope was refused: its binary frame is dropped too. */
   #dropNextBinary = false;
+  /** The last frame received was text: a binary frame now belongs to it. */
+  #afterText = false;
+  /** When this connection last signalled typing (`performance.now()`). */
+  #typingAt = -Infinity;
   /** Sequence number of the last room event this peer got, while lagging. */
   cursor = 0;
   /** When this lagging peer last had room in its queue (`performance.now()`). */
@@ -197,10 +245,8 @@ export class Connection {
   #unread = 0;
   /** In its room's `lagging` set. */
   lagging = false;
-  /** Token bucket: tokens left, when last refilled, and recent excess. */
-  #tokens: number;
-  #refilled = performance.now();
-  #excess = 0;
+  /** The rate limit, when there is one. */
+  #pacer?: Pacer<string | Uint8Array>;
 
   constructor(
     readonly hub: Hub,
@@ -208,7 +254,18 @@ export class Connection {
     readonly info: ConnectInfo,
   ) {
     this.#state = info.rich ? "greeting" : "live";
-    this.#tokens = hub.options.rateBurst ?? 0;
+    const { rateLimit, rateBurst, rateQueue, rateQueueBytes } = hub.options;
+    if (rateLimit && rateBurst) {
+      this.#pacer = new Pacer({
+        rate: rateLimit,
+        burst: rateBurst,
+        queue: rateQueue,
+        queueBytes: rateQueueBytes,
+      }, {
+        pass: (frame) => this.#accept(frame),
+        drop: (frame, flood) => this.#limited(frame, flood),
+      });
+    }
   }
 
   /** Unique in this process and across instances (built when asked: it is mostly unused). */
@@ -250,7 +307,13 @@ export class Connection {
   }
 
   #error(code: ErrorCode, message: string, cid?: string) {
-    this.#event({ type: "error", code, message, cid });
+    this.#event({
+      type: "error",
+      code,
+      message,
+      cid,
+      retry: TRANSIENT_ERRORS.has(code) || undefined,
+    });
   }
 
   #sendMessage(out: Outgoing) {
@@ -262,9 +325,9 @@ export class Connection {
     if (this.rich) {
       if (!this.#send(out.envelope)) return;
       if (m.data) this.#send(m.data);
-    } else if (m.text !== undefined) {
+    } else if (out.raw !== null) {
       this.#send(out.raw);
-    } else if (m.data) {
+    } else if (m.data && m.kind === undefined) {
       this.#send(m.data);
     }
   }
@@ -307,6 +370,12 @@ export class Connection {
       return;
     }
     if (!this.rich || !this.member) return;
+    if (event.type === "typing") {
+      if (event.member.id !== this.member.id) {
+        this.#event({ type: "typing", member: event.member, ttl: TYPING_TTL_MS });
+      }
+      return;
+    }
     if (event.type === "rename" && event.member.id === this.member.id) {
       this.member = { ...event.member };
     }
@@ -325,15 +394,22 @@ export class Connection {
     if (this.rich) traffic.richIn++;
     else traffic.rawIn++;
     traffic.bytesIn += size;
-    if (size > maxMessageBytes) {
+    // In rich mode a binary frame right after a text frame belongs to it (the
+    // bytes of a `file` envelope): they pass, wait or are dropped together.
+    const rider = this.rich && typeof frame !== "string" && this.#afterText;
+    this.#afterText = this.rich && typeof frame === "string";
+    if (size > maxMessageBytes && !(rider && size <= REFUSED_FILE_FACTOR * maxMessageBytes)) {
       this.hub.metrics.inc("parley_drops_total", { reason: "too_big" });
       this.close(CloseCode.tooBig, `message too big: the limit is ${maxMessageBytes} bytes`);
       return;
     }
-    if (!this.#allow()) {
-      this.#limited(frame);
-      return;
-    }
+    if (this.#pacer) this.#pacer.push(frame, size, rider);
+    else this.#accept(frame);
+  }
+
+  /** Takes a frame whose turn has come. */
+  #accept(frame: string | Uint8Array) {
+    if (this.#state === "closed") return;
     if (this.#inbox) {
       this.#inbox.push(frame);
       return;
@@ -341,41 +417,41 @@ export class Connection {
     this.#handle(frame);
   }
 
-  /** Takes a token from the bucket, if there is one. */
-  #allow(): boolean {
-    const { rateLimit, rateBurst } = this.hub.options;
-    if (!rateLimit || !rateBurst) return true;
-    const now = performance.now();
-    const refill = ((now - this.#refilled) / 1000) * rateLimit;
-    this.#refilled = now;
-    this.#tokens = Math.min(rateBurst, this.#tokens + refill);
-    this.#excess = Math.max(0, this.#excess - refill);
-    if (this.#tokens < 1) return false;
-    this.#tokens -= 1;
-    return true;
-  }
-
   /**
-   * Drops a frame over the rate. Excess decays at the allowed rate, so only a
-   * sender that keeps well over it (a flood, not a paste) is closed.
+   * Answers a frame dropped because the rate queue is full; closes a sender
+   * that keeps overflowing it (a flood, not a paste or a resent backlog).
    */
-  #limited(frame: string | Uint8Array) {
+  #limited(frame: string | Uint8Array, flood: boolean) {
     this.hub.metrics.inc("parley_rate_limited_total");
     this.hub.metrics.inc("parley_drops_total", { reason: "rate" });
-    if (++this.#excess > this.hub.options.rateBurst!) {
+    if (flood) {
       this.close(CloseCode.policy, "flood: too many messages; slow down");
       return;
     }
     if (!this.rich) return;
-    const cid = typeof frame === "string"
-      ? /"cid"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"/.exec(frame.slice(0, 256))?.[1]
-      : undefined;
+    const cid = typeof frame === "string" ? cidOfFrame(frame) : undefined;
     const { rateLimit, rateBurst } = this.hub.options;
     this.#error(
       "rate_limited",
-      `too many messages: at most ${rateLimit} a second, ${rateBurst} at once; this one was dropped`,
+      `too many messages: at most ${rateLimit} a second, ${rateBurst} at once, ` +
+        `${this.hub.options.rateQueue ?? DEFAULT_QUEUE} waiting; this one was dropped`,
       cid,
     );
+  }
+
+  /** The limits this connection must respect, for `welcome`. */
+  #limits(): Limits {
+    const { maxTextLength, maxMessageBytes, rateLimit, rateBurst, rateQueue } = this.hub.options;
+    const limited = this.#pacer !== undefined;
+    return {
+      text: maxTextLength,
+      bytes: maxMessageBytes,
+      rate: limited ? rateLimit! : null,
+      burst: limited ? rateBurst! : null,
+      queue: limited ? rateQueue ?? DEFAULT_QUEUE : null,
+      page: MAX_PAGE,
+      typing: TYPING_TTL_MS,
+    };
   }
 
   #handle(frame: string | Uint8Array) {
@@ -402,6 +478,9 @@ export class Connection {
       this.#error(error.code, error.message, error.cid);
       return;
     }
+    // A file's bytes must come right after its envelope: anything else in
+    // between orphans the envelope, so it can never pair with other bytes.
+    if (envelope.type !== "file") this.#pendingFile = undefined;
     if (envelope.type === "hello") {
       if (this.#state !== "greeting") {
         this.#error("already_joined", "hello: this connection has already joined");
@@ -411,7 +490,12 @@ export class Connection {
       return;
     }
     if (!this.member) {
-      this.#error("hello_required", `${envelope.type}: send hello first`);
+      if (envelope.type === "file") this.#dropNextBinary = true;
+      this.#error(
+        "hello_required",
+        `${envelope.type}: send hello first`,
+        "cid" in envelope ? envelope.cid : undefined,
+      );
       return;
     }
     switch (envelope.type) {
@@ -421,11 +505,29 @@ export class Connection {
           sender: this.#client,
           cid: envelope.cid,
           text: envelope.text,
+          replyTo: envelope.replyTo,
         }, envelope.cid);
         break;
       case "file":
         this.#pendingFile = envelope;
         this.#dropNextBinary = false;
+        break;
+      case "edit":
+        this.#change({
+          kind: "edit",
+          target: envelope.id,
+          text: envelope.text,
+          cid: envelope.cid,
+        });
+        break;
+      case "delete":
+        this.#change({ kind: "delete", target: envelope.id, cid: envelope.cid });
+        break;
+      case "history":
+        this.#history(envelope.before, envelope.limit, envelope.cid);
+        break;
+      case "typing":
+        this.#typing();
         break;
       case "nick":
         engine.rename(room, this.member.id, envelope.nick).catch((error) =>
@@ -450,6 +552,12 @@ export class Connection {
     }
     const file = this.#pendingFile;
     this.#pendingFile = undefined;
+    const { maxMessageBytes } = this.hub.options;
+    if (!file && data.byteLength > maxMessageBytes) {
+      this.hub.metrics.inc("parley_drops_total", { reason: "too_big" });
+      this.close(CloseCode.tooBig, `message too big: the limit is ${maxMessageBytes} bytes`);
+      return;
+    }
     if (file && file.size !== data.byteLength) {
       this.#error(
         "bad_file",
@@ -465,7 +573,57 @@ export class Connection {
       data,
       name: file?.name ?? "file",
       mime: file?.mime ?? sniffMime(data),
+      replyTo: file?.replyTo,
     }, file?.cid);
+  }
+
+  /** An edit or delete of an earlier message, once allowed. */
+  #change(change: Change) {
+    const { engine } = this.hub.options;
+    authorizeChange(engine, this.info.room, change, { member: this.member!, sender: this.#client })
+      .then(
+        (draft) => this.#append(draft, change.cid),
+        (error) => {
+          if (this.closed) return;
+          if (!(error instanceof ProtocolError)) {
+            this.hub.log.error(`${change.kind}_failed`, { conn: this.id, error: String(error) });
+            this.#error(
+              "unavailable",
+              `${change.kind}: the server could not check it; send it again`,
+              change.cid,
+            );
+            return;
+          }
+          this.hub.metrics.inc("parley_protocol_errors_total", { code: error.code });
+          this.#error(error.code, error.message, error.cid);
+        },
+      );
+  }
+
+  /** Answers a scroll-back request with one `history` envelope. */
+  #history(before: number, limit: number, cid?: string) {
+    this.hub.options.engine.history(this.info.room, before, limit).then(
+      (page) =>
+        this.#event({
+          type: "history",
+          epoch: page.epoch,
+          before,
+          cid,
+          // Pages carry no bytes: a file's envelope says `omitted`.
+          messages: page.messages.map((m) => messageObject({ ...m, data: undefined })),
+          more: page.more,
+        }),
+      (error) => this.#failed("history", error, cid),
+    );
+  }
+
+  /** Tells the room this member is typing, at most once per interval. */
+  #typing() {
+    const now = performance.now();
+    if (now - this.#typingAt < TYPING_INTERVAL_MS) return;
+    this.#typingAt = now;
+    this.hub.options.engine.signal(this.info.room, { type: "typing", member: this.member! })
+      .catch((error) => this.hub.log.warn("typing_failed", { error: String(error) }));
   }
 
   #append(draft: MessageDraft, cid?: string) {
@@ -479,15 +637,21 @@ export class Connection {
         this.hub.log.error("append_failed", { conn: this.id, error: String(error) });
         this.hub.metrics.inc("parley_drops_total", { reason: "engine" });
         if (this.rich) {
-          this.#error("unavailable", "the message could not be stored; send it again", cid);
+          this.#error(
+            "unavailable",
+            "the server could not confirm it was stored; send it again with the same cid",
+            cid,
+          );
         }
       },
     );
   }
 
-  #failed(what: string, error: unknown) {
+  #failed(what: string, error: unknown, cid?: string) {
     this.hub.log.error(`${what}_failed`, { conn: this.id, error: String(error) });
-    if (this.rich) this.#error("unavailable", `${what}: the server could not do it; try again`);
+    if (this.rich) {
+      this.#error("unavailable", `${what}: the server could not do it; try again`, cid);
+    }
   }
 
   /**
@@ -503,7 +667,8 @@ export class Connection {
       await this.hub.add(this);
       if (history > 0 && !this.closed) {
         const { messages } = await this.hub.options.engine.read(this.info.room, undefined, history);
-        for (const m of messages) this.#sendMessage(new Outgoing(m));
+        // Raw history shows messages as they are now: no edit or delete lines.
+        for (const m of messages) if (m.kind === undefined) this.#sendMessage(new Outgoing(m));
       }
     } catch (error) {
       this.hub.log.error("start_failed", { conn: this.id, error: String(error) });
@@ -527,6 +692,11 @@ export class Connection {
   async #join(hello: Extract<ClientEnvelope, { type: "hello" }>) {
     const { engine, joinHistory } = this.hub.options;
     const room = this.info.room;
+    if (hello.last === undefined && this.info.badLast !== undefined) {
+      // As a malformed `hello.last` gets: no welcome; `hello` may come again.
+      this.#error("bad_last", `${this.info.badLast}; send hello with a valid last, or last: null`);
+      return;
+    }
     this.#state = "joining";
     this.#inbox = [];
     this.#client = hello.client;
@@ -540,7 +710,7 @@ export class Connection {
     if (this.closed) return;
     // Presence events so far are already in `members`.
     this.#backlog = this.#backlog.filter((e) => e.type === "message");
-    const last = hello.last ?? this.info.last;
+    const last = hello.last === null ? undefined : hello.last ?? this.info.last;
     const result = await engine.read(room, last, joinHistory);
     if (this.closed) return;
     const outcome = result.recovered === null ? "none" : result.recovered ? "recovered" : "lost";
@@ -557,6 +727,7 @@ export class Connection {
       members,
       recovered: result.recovered,
       replay: result.messages.length,
+      limits: this.#limits(),
     });
     for (const m of result.messages) this.#sendMessage(new Outgoing(m));
     this.#epoch ??= result.epoch;
@@ -569,7 +740,7 @@ export class Connection {
   /** Refreshes this connection's presence entry. */
   refresh(): void {
     if (this.#state !== "live" || !this.member) return;
-    this.hub.options.engine.join(this.info.room, this.id, this.member, this.hub.presenceTtlMs)
+    this.hub.options.engine.refresh(this.info.room, this.id, this.member, this.hub.presenceTtlMs)
       .catch((error) => this.hub.log.warn("presence_failed", { error: String(error) }));
   }
 
@@ -583,6 +754,7 @@ export class Connection {
     this.#state = "closed";
     this.#inbox = null;
     this.#backlog = null;
+    this.#pacer?.close();
     this.hub.remove(this);
     if (wasMember) {
       this.hub.options.engine.leave(this.info.room, this.id).catch((error) =>

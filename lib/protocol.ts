@@ -18,6 +18,8 @@ export const CloseCode = {
   tooBig: 1009,
   internal: 1011,
   tryAgainLater: 1013,
+  /** A peer that fell too far behind its room (it resumes from its last id). */
+  slowConsumer: 4001,
 } as const;
 
 /** Room names: 1 to 64 characters from `A-Z a-z 0-9 _ -`. */
@@ -46,13 +48,37 @@ export interface Position {
   id: number;
 }
 
+/** Most messages one scroll-back page holds. */
+export const MAX_PAGE = 200;
+/** Messages of a scroll-back page when `limit` is not given. */
+export const DEFAULT_PAGE = 50;
+
 /** Envelopes a rich client sends. */
 export type ClientEnvelope =
-  | { type: "hello"; nick: string; client?: string; last?: Position }
-  | { type: "message"; cid: string; text: string }
-  | { type: "file"; cid: string; name: string; mime: string; size: number }
+  /** `last: null` asks for a fresh join even when the URL names a position. */
+  | { type: "hello"; nick: string; client?: string; last?: Position | null }
+  | { type: "message"; cid: string; text: string; replyTo?: number }
+  | { type: "file"; cid: string; name: string; mime: string; size: number; replyTo?: number }
+  | { type: "edit"; cid: string; id: number; text: string }
+  | { type: "delete"; cid: string; id: number }
+  /** `cid`, optional here, is echoed in the answer so a client can match it. */
+  | { type: "history"; before: number; limit: number; cid?: string }
+  | { type: "typing" }
   | { type: "nick"; nick: string }
   | { type: "ping" };
+
+/** Every `type` a client may send. */
+export const CLIENT_TYPES = [
+  "hello",
+  "message",
+  "file",
+  "edit",
+  "delete",
+  "history",
+  "typing",
+  "nick",
+  "ping",
+] as const;
 
 /** Error codes of the `error` envelope. */
 export type ErrorCode =
@@ -64,8 +90,16 @@ export type ErrorCode =
   | "hello_required"
   | "already_joined"
   | "bad_file"
+  | "not_found"
+  | "forbidden"
   | "rate_limited"
   | "unavailable";
+
+/**
+ * Error codes after which the same envelope may succeed if sent again later,
+ * with the same `cid`. Every other code is final: resending cannot help.
+ */
+export const TRANSIENT_ERRORS: ReadonlySet<ErrorCode> = new Set(["rate_limited", "unavailable"]);
 
 /** A client envelope that does not validate, and why. */
 export class ProtocolError extends Error {
@@ -79,8 +113,30 @@ export class ProtocolError extends Error {
 
 /** Limits that parsing enforces. */
 export interface ParseLimits {
+  /** Longest text, in Unicode code points. */
   maxTextLength: number;
   maxMessageBytes: number;
+}
+
+/** Length of a string in Unicode code points, what a person calls characters. */
+export function codePoints(text: string): number {
+  let count = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    // A high surrogate followed by a low one is one code point.
+    if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) i++;
+    }
+    count++;
+  }
+  return count;
+}
+
+/** Whether a text is 1 to `max` code points long (cheap when clearly within). */
+function textWithin(text: string, max: number): boolean {
+  if (text.length === 0) return false;
+  return text.length <= max || (text.length <= 2 * max && codePoints(text) <= max);
 }
 
 /**
@@ -93,7 +149,7 @@ export function validateNick(value: unknown): string {
   if (typeof value !== "string") throw new ProtocolError("bad_nick", "nick: must be a string");
   const nick = value.trim();
   if (nick.length === 0) throw new ProtocolError("bad_nick", "nick: must not be empty");
-  if ([...nick].length > MAX_NICK_LENGTH) {
+  if (codePoints(nick) > MAX_NICK_LENGTH) {
     throw new ProtocolError("bad_nick", `nick: must be at most ${MAX_NICK_LENGTH} characters`);
   }
   if (CONTROL.test(nick)) {
@@ -131,6 +187,19 @@ function field<T>(
 }
 
 const isString = (v: unknown): v is string => typeof v === "string";
+const isId = (v: unknown): v is number =>
+  typeof v === "number" && Number.isSafeInteger(v) && v >= 1;
+
+/** The optional `reply_to` of a message or file. */
+function replyTo(obj: Record<string, unknown>, cid?: string): { replyTo?: number } {
+  if (obj.reply_to === undefined || obj.reply_to === null) return {};
+  return { replyTo: field(obj, "reply_to", isId, "the id of an earlier message", cid) };
+}
+
+/** The `cid` of an envelope, when it has a well-formed one. */
+export function cidOf(obj: Record<string, unknown>): string | undefined {
+  return typeof obj.cid === "string" && CID_PATTERN.test(obj.cid) ? obj.cid : undefined;
+}
 
 /**
  * Parses and validates one text frame from a rich client.
@@ -157,7 +226,15 @@ export function parseClientEnvelope(text: string, limits: ParseLimits): ClientEn
 }
 
 function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientEnvelope {
-  const cid = typeof obj.cid === "string" && CID_PATTERN.test(obj.cid) ? obj.cid : undefined;
+  const cid = cidOf(obj);
+  const text = (cid?: string) =>
+    field(
+      obj,
+      "text",
+      (v): v is string => isString(v) && textWithin(v, limits.maxTextLength),
+      `a string of 1 to ${limits.maxTextLength} characters`,
+      cid,
+    );
   switch (obj.type) {
     case "hello": {
       const nick = validateNick(obj.nick);
@@ -170,7 +247,7 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
           "8 to 64 characters from A-Z a-z 0-9 _ -",
         );
       }
-      let last: Position | undefined;
+      let last: Position | null | undefined = obj.last === null ? null : undefined;
       if (obj.last !== undefined && obj.last !== null) {
         if (typeof obj.last !== "object") {
           throw new ProtocolError("bad_last", "last: must be an object {epoch, id}");
@@ -182,15 +259,36 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
     }
     case "message": {
       field(obj, "cid", (v): v is string => isString(v) && CID_PATTERN.test(v), CID_RULE);
-      const text = field(
-        obj,
-        "text",
-        (v): v is string => isString(v) && v.length > 0 && v.length <= limits.maxTextLength,
-        `a string of 1 to ${limits.maxTextLength} characters`,
-        cid,
-      );
-      return { type: "message", cid: cid!, text };
+      return { type: "message", cid: cid!, text: text(cid), ...replyTo(obj, cid) };
     }
+    case "edit":
+    case "delete": {
+      field(obj, "cid", (v): v is string => isString(v) && CID_PATTERN.test(v), CID_RULE);
+      const id = field(obj, "id", isId, "the id of one of your messages", cid);
+      if (obj.type === "delete") return { type: "delete", cid: cid!, id };
+      return { type: "edit", cid: cid!, id, text: text(cid) };
+    }
+    case "history": {
+      const before = field(obj, "before", isId, "a message id: the page ends before it");
+      let limit = DEFAULT_PAGE;
+      if (obj.limit !== undefined) {
+        limit = field(
+          obj,
+          "limit",
+          (v): v is number =>
+            typeof v === "number" && Number.isInteger(v) && v >= 1 && v <= MAX_PAGE,
+          `an integer from 1 to ${MAX_PAGE}`,
+        );
+      }
+      return cid === undefined ? { type: "history", before, limit } : {
+        type: "history",
+        before,
+        limit,
+        cid,
+      };
+    }
+    case "typing":
+      return { type: "typing" };
     case "file": {
       field(obj, "cid", (v): v is string => isString(v) && CID_PATTERN.test(v), CID_RULE);
       const name = field(
@@ -216,7 +314,7 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
         `an integer byte count from 0 to ${limits.maxMessageBytes}`,
         cid,
       );
-      return { type: "file", cid: cid!, name, mime, size };
+      return { type: "file", cid: cid!, name, mime, size, ...replyTo(obj, cid) };
     }
     case "nick":
       return { type: "nick", nick: validateNick(obj.nick) };
@@ -227,9 +325,9 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
         "unknown_type",
         obj.type === undefined
           ? "type: missing"
-          : `type: ${
-            JSON.stringify(obj.type).slice(0, 40)
-          } is not one of hello, message, file, nick, ping`,
+          : `type: ${JSON.stringify(obj.type).slice(0, 40)} is not one of ${
+            CLIENT_TYPES.join(", ")
+          }`,
         cid,
       );
   }
@@ -258,25 +356,83 @@ export interface StoredMessage {
   mime?: string;
   /** File size in bytes (files only). */
   size?: number;
+  /** Edit and delete entries: what they do, and to which message id. */
+  kind?: "edit" | "delete";
+  target?: number;
+  /** The message this one answers. */
+  replyTo?: number;
+  /** Set once edited: server time of the latest edit. */
+  edited?: number;
+  /** Set once deleted: the entry is a tombstone, without text or bytes. */
+  deleted?: boolean;
 }
 
-/** Builds the wire envelope of a stored message, as sent to rich clients. */
-export function messageEnvelope(m: StoredMessage): string {
-  const base = { id: m.id, epoch: m.epoch, ts: m.ts, from: m.from, cid: m.cid };
-  if (m.text !== undefined) return JSON.stringify({ type: "message", ...base, text: m.text });
-  return JSON.stringify({
+/** The wire object of a stored entry, as sent to rich clients and in history pages. */
+export function messageObject(m: StoredMessage): Record<string, unknown> {
+  const base = {
+    id: m.id,
+    epoch: m.epoch,
+    ts: m.ts,
+    from: m.from,
+    cid: m.cid,
+    reply_to: m.replyTo,
+  };
+  if (m.kind !== undefined) {
+    return {
+      type: m.kind,
+      ...base,
+      target: m.target,
+      text: m.text,
+      deleted: m.deleted || undefined,
+    };
+  }
+  if (m.deleted) return { type: "message", ...base, deleted: true };
+  if (m.text !== undefined) {
+    return { type: "message", ...base, text: m.text, edited: m.edited };
+  }
+  return {
     type: "file",
     ...base,
     name: m.name,
     mime: m.mime,
     size: m.size,
     omitted: m.data === undefined ? true : undefined,
-  });
+  };
 }
 
-/** The text frame a raw client receives for a stored text message. */
-export function rawText(m: StoredMessage): string {
-  return m.from ? `${m.from.nick}: ${m.text}` : m.text!;
+/** Builds the wire envelope of a stored entry, as sent to rich clients. */
+export function messageEnvelope(m: StoredMessage): string {
+  return JSON.stringify(messageObject(m));
+}
+
+/**
+ * The text frame a raw client receives for a stored entry, or undefined when
+ * it gets none (a tombstone). An edit or delete becomes a readable line.
+ */
+export function rawText(m: StoredMessage): string | undefined {
+  const who = m.from?.nick ?? "someone";
+  if (m.kind === "edit") return m.deleted ? undefined : `* ${who} edited a message: ${m.text}`;
+  if (m.kind === "delete") return `* ${who} deleted a message`;
+  if (m.deleted || m.text === undefined) return undefined;
+  return m.from ? `${m.from.nick}: ${m.text}` : m.text;
+}
+
+/** The limits a client must respect, as `welcome` states them. */
+export interface Limits {
+  /** Longest text of a message or edit, in Unicode code points. */
+  text: number;
+  /** Largest frame, text or binary, in bytes. */
+  bytes: number;
+  /** Messages a second on average, or null for no limit. */
+  rate: number | null;
+  /** Messages at once, or null for no limit. */
+  burst: number | null;
+  /** Frames the server queues and paces beyond the burst, or null for no limit. */
+  queue: number | null;
+  /** Most messages of one scroll-back page. */
+  page: number;
+  /** Milliseconds a typing indicator lasts unless renewed. */
+  typing: number;
 }
 
 /** Server envelopes that carry no stored message. */
@@ -290,11 +446,30 @@ export type ServerEvent =
     members: Member[];
     recovered: boolean | null;
     replay: number;
+    limits: Limits;
   }
   | { type: "ack"; cid: string; id: number; epoch: string; duplicate: boolean }
   | { type: "join" | "leave"; member: Member }
   | { type: "rename"; member: Member; old: string }
-  | { type: "error"; code: ErrorCode; message: string; cid?: string }
+  | { type: "typing"; member: Member; ttl: number }
+  | {
+    type: "history";
+    epoch: string;
+    before: number;
+    /** The request's `cid`, when it had one. */
+    cid?: string;
+    /** Objects as {@linkcode messageObject} builds them. */
+    messages: Record<string, unknown>[];
+    more: boolean;
+  }
+  | {
+    type: "error";
+    code: ErrorCode;
+    message: string;
+    cid?: string;
+    /** True for {@linkcode TRANSIENT_ERRORS}: resend later with the same `cid`. */
+    retry?: true;
+  }
   | { type: "pong"; ts: number };
 
 /** The `welcome` envelope. */

@@ -638,7 +638,7 @@ Deno.test("hello rules: hello_required before it, bad_last for a malformed last,
     const bystander = await join("/hello", { nick: "bea" });
     const a = await rich("/hello");
     a.send({ type: "message", cid: "early", text: "too soon" });
-    await expectError(a, "hello_required");
+    await expectError(a, "hello_required", "early");
     a.send({ type: "nick", nick: "ann" });
     await expectError(a, "hello_required");
     a.send(new Uint8Array([1, 2, 3]));
@@ -720,28 +720,32 @@ Deno.test("a last.id beyond the head of the current epoch gets bad_last and a we
   });
 });
 
-Deno.test("a malformed resume position in the URL is answered 400 before the upgrade", async () => {
-  await withServer({}, async ({ server }) => {
+Deno.test("a malformed resume position in the URL is answered in band with bad_last and no welcome", async () => {
+  await withServer({}, async ({ server, join }) => {
+    const bystander = await join("/r", { nick: "bea" });
     for (
       const query of ["?epoch=x&last=abc", "?last=5", "?epoch=x&last=-1", "?epoch=b%20d&last=1"]
     ) {
-      const res = await fetch(`${server.url}/r${query}`, {
-        headers: {
-          upgrade: "websocket",
-          connection: "Upgrade",
-          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-          "sec-websocket-version": "13",
-          "sec-websocket-protocol": PROTOCOL,
-        },
-      });
-      const body = await res.text();
-      assert.equal(res.status, 400, query);
-      assert.match(body, /resume position/, query);
+      const client = new Client(`${server.ws}/r${query}`, PROTOCOL);
+      await client.opened;
+      assert.equal(client.socket.protocol, PROTOCOL, query);
+      client.send({ type: "hello", nick: "ann" });
+      const error = await expectError(client, "bad_last");
+      assert.match(error.message, /resume position/, query);
+      // No welcome: the client may say hello again, here asking for a fresh join.
+      client.send({ type: "hello", nick: "ann", last: null });
+      const welcome = await expectEnvelope<Welcome>(client, "welcome");
+      assert.equal(welcome.recovered, null, query);
+      await client.close();
+      await expectEnvelope(bystander.client, "join");
+      await expectEnvelope(bystander.client, "leave");
     }
-    const client = new Client(`${server.ws}/r?epoch=x&last=abc`, PROTOCOL);
-    await assert.rejects(client.opened);
-    await client.closed;
-    assert.equal(server.app.hub.connections.size, 0);
+    // A raw client does not resume: the parameters do not matter to it.
+    const raw = new Client(`${server.ws}/r?epoch=x&last=abc`);
+    await raw.opened;
+    raw.send("still relayed");
+    assert.equal(await raw.text(2000), "still relayed");
+    await raw.close();
   });
 });
 
@@ -773,5 +777,40 @@ Deno.test("a frame over MAX_MESSAGE_BYTES closes its sender with 1009 and reache
     assert.equal((await bystander.client.binary(2000)).byteLength, limit);
     assert.equal((await expectEnvelope<Stored>(bystander.client, "message")).text, "next");
     await Promise.all([bystander.client, rawBystander].map((c) => expectSilence(c, 50)));
+  });
+});
+
+Deno.test("a backlog of 100 unacked messages resent at once after a reconnect is all acked, paced, on one connection", async () => {
+  await withServer({ rateLimit: 100, rateBurst: 10 }, async ({ join }) => {
+    const bystander = await join("/backlog", { nick: "bea" });
+    const client = identity();
+    const first = await join("/backlog", { nick: "ann", client });
+    await expectEnvelope(bystander.client, "join");
+    // Ten were stored before the connection dropped; their acks were lost.
+    for (let i = 0; i < 10; i++) {
+      first.client.send({ type: "message", cid: `c${i}`, text: `m${i}` });
+    }
+    await takeStored(bystander.client, 10);
+    await first.client.close();
+    const again = await join("/backlog", { nick: "ann", client });
+    assert.equal(again.welcome.limits.burst, 10);
+    for (let i = 0; i < 100; i++) {
+      again.client.send({ type: "message", cid: `c${i}`, text: `m${i}` });
+    }
+    const acks: Ack[] = [];
+    while (acks.length < 100) {
+      const envelope = await again.client.json<Ack & { type: string }>(5000);
+      assert.notEqual(envelope.type, "error", JSON.stringify(envelope));
+      if (envelope.type === "ack") acks.push(envelope);
+    }
+    assert.deepEqual(acks.map((a) => a.cid), Array.from({ length: 100 }, (_, i) => `c${i}`));
+    assert.equal(acks.filter((a) => a.duplicate).length, 10, "the ten stored before");
+    const texts: string[] = [];
+    while (texts.length < 90) {
+      const envelope = await bystander.client.json<Stored & { type: string }>(5000);
+      if (envelope.type === "message") texts.push(envelope.text!);
+    }
+    assert.deepEqual(texts, Array.from({ length: 90 }, (_, i) => `m${i + 10}`));
+    assert.equal(again.client.socket.readyState, WebSocket.OPEN);
   });
 });

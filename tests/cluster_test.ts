@@ -1,14 +1,15 @@
 /**
  * Three Parley processes on one Redis, with rich clients on each: one order
- * of messages everywhere, presence merged across instances, and a failover
- * after `kill -9` of one instance with nothing lost or doubled.
+ * of messages everywhere, presence merged across instances, a failover
+ * after `kill -9` of one instance with nothing lost or doubled, and a
+ * flushed Redis that every instance refills without a word to the clients.
  *
  * @module
  */
 
 import assert from "node:assert/strict";
 import { waitFor } from "./helpers.ts";
-import { redisSkipReason, startRedis } from "./redis_server.ts";
+import { redisCommand, redisSkipReason, startRedis } from "./redis_server.ts";
 
 const ignore = await redisSkipReason("cluster_test.ts");
 const ROOM = "cluster";
@@ -71,6 +72,10 @@ class ChatClient {
   pending = new Map<string, string>();
   acks = new Map<string, number>();
   members = new Map<string, string>();
+  /** Presence events that told this client nothing new: a join of a listed member, a leave of an unlisted one. */
+  redundant: string[] = [];
+  /** Every presence event, as `type:nick`. */
+  presence: string[] = [];
   welcome?: { recovered: boolean | null; members: Member[] };
   welcomedAt = 0;
   last?: Position;
@@ -112,10 +117,16 @@ class ChatClient {
         this.welcome = e;
         break;
       case "join":
+        if (this.members.has(e.member.id)) this.redundant.push(`join:${e.member.nick}`);
+        this.presence.push(`join:${e.member.nick}`);
+        this.members.set(e.member.id, e.member.nick);
+        break;
       case "rename":
         this.members.set(e.member.id, e.member.nick);
         break;
       case "leave":
+        if (!this.members.has(e.member.id)) this.redundant.push(`leave:${e.member.nick}`);
+        this.presence.push(`leave:${e.member.nick}`);
         this.members.delete(e.member.id);
         break;
       case "message":
@@ -261,6 +272,25 @@ Deno.test({
         5000,
         "fay's leave everywhere",
       );
+
+      // (4) A flushed Redis: each instance sees its presence keys gone within
+      // a sweep (2 s) and puts its own connections back; clients hear nothing.
+      const open = clients.slice(0, -1);
+      const heard = open.map((c) => c.presence.length);
+      assert.match(await redisCommand(redis.port, "FLUSHALL"), /^\+OK/);
+      const end = Date.now() + 6000;
+      while (await redisCommand(redis.port, "HLEN", `parley:{${ROOM}}:members`) !== ":5") {
+        assert.ok(Date.now() < end, "the five members are back in Redis within 6 s");
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const [i, client] of open.entries()) {
+        assert.deepEqual(client.presence.slice(heard[i]), [], `${client.name} heard nothing`);
+        assert.equal(sortedMembers(client), rest, `${client.name}'s members`);
+      }
+      for (const client of clients) {
+        assert.deepEqual(client.redundant, [], `${client.name} was told nothing it knew`);
+      }
     } finally {
       await Promise.all(clients.map((c) => c.close()));
       for (const instance of instances) {

@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { ConfigError, DEFAULT_CONFIG, ENV_VARS, loadConfig } from "../lib/config.ts";
+import {
+  ConfigError,
+  DEFAULT_CONFIG,
+  ENV_VARS,
+  listenError,
+  loadConfig,
+  startupFailure,
+} from "../lib/config.ts";
 
 const env = (vars: Record<string, string>) => (name: string) => vars[name];
 
@@ -38,6 +45,8 @@ Deno.test("config: reads every variable", () => {
     KV_PATH: "data/parley.kv",
     REDIS_URL: "redis://10.1.2.3:6380/2",
     LOG_LEVEL: "WARN",
+    PRESENCE_TTL: "90",
+    PRESENCE_REFRESH: "30",
   }));
   assert.deepEqual(config, {
     port: 9000,
@@ -62,7 +71,34 @@ Deno.test("config: reads every variable", () => {
     kvPath: "data/parley.kv",
     redisUrl: "redis://10.1.2.3:6380/2",
     logLevel: "warn",
+    presenceTtl: 90,
+    presenceRefresh: 30,
   });
+});
+
+Deno.test("config: presence lasts PRESENCE_TTL seconds, refreshed every PRESENCE_REFRESH", () => {
+  assert.equal(DEFAULT_CONFIG.presenceTtl, 60);
+  assert.equal(DEFAULT_CONFIG.presenceRefresh, 20);
+  const both = loadConfig(env({ PRESENCE_TTL: "120", PRESENCE_REFRESH: "119" }));
+  assert.deepEqual([both.presenceTtl, both.presenceRefresh], [120, 119]);
+  // A shorter TTL alone brings the default refresh under it: a third of it.
+  const short = loadConfig(env({ PRESENCE_TTL: "30" }));
+  assert.deepEqual([short.presenceTtl, short.presenceRefresh], [30, 10]);
+  const shortest = loadConfig(env({ PRESENCE_TTL: "2" }));
+  assert.deepEqual([shortest.presenceTtl, shortest.presenceRefresh], [2, 1]);
+  const long = loadConfig(env({ PRESENCE_TTL: "600" }));
+  assert.equal(long.presenceRefresh, 20);
+});
+
+Deno.test("config: every deno task that lists variables allows the presence settings", async () => {
+  const deno = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  for (const [name, command] of Object.entries<string>(deno.tasks)) {
+    const listed = /--allow-env=(\S+)/.exec(command)?.[1].split(",");
+    if (!listed) continue;
+    for (const variable of ["PRESENCE_TTL", "PRESENCE_REFRESH"]) {
+      assert.ok(listed.includes(variable), `${name} allows ${variable}`);
+    }
+  }
 });
 
 Deno.test("config: empty values mean the default", () => {
@@ -90,6 +126,20 @@ const bad: [Record<string, string>, string, RegExp][] = [
   [{ ENGINE: "mongo" }, "ENGINE", /one of memory, kv, redis/],
   [{ REDIS_URL: "localhost:6379" }, "REDIS_URL", /redis:\/\//],
   [{ LOG_LEVEL: "loud" }, "LOG_LEVEL", /one of debug, info, warn, error, silent/],
+  [{ PRESENCE_TTL: "0" }, "PRESENCE_TTL", /^PRESENCE_TTL="0": expected seconds from 2 to 86400$/],
+  [{ PRESENCE_TTL: "1.5" }, "PRESENCE_TTL", /PRESENCE_TTL="1.5"/],
+  [{ PRESENCE_REFRESH: "0" }, "PRESENCE_REFRESH", /PRESENCE_REFRESH="0": expected seconds/],
+  [{ PRESENCE_REFRESH: "-5" }, "PRESENCE_REFRESH", /PRESENCE_REFRESH="-5"/],
+  [
+    { PRESENCE_REFRESH: "60" },
+    "PRESENCE_REFRESH",
+    /^PRESENCE_REFRESH="60": expected seconds less than PRESENCE_TTL \(60\)$/,
+  ],
+  [
+    { PRESENCE_TTL: "30", PRESENCE_REFRESH: "45" },
+    "PRESENCE_REFRESH",
+    /less than PRESENCE_TTL \(30\)/,
+  ],
 ];
 
 for (const [vars, variable, message] of bad) {
@@ -108,4 +158,50 @@ Deno.test("config: `deno task start` may read exactly the variables Parley reads
   const deno = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
   const listed = /--allow-env=(\S+)/.exec(deno.tasks.start)?.[1].split(",") ?? [];
   assert.deepEqual([...listed].sort(), [...ENV_VARS].sort());
+});
+
+Deno.test("config: a ConfigError tells its cause on the same line", () => {
+  const cause = new Deno.errors.NotFound("No such file\nor directory");
+  const error = new ConfigError("TLS_KEY_FILE", "k.pem", "a readable PEM file", { cause });
+  assert.equal(
+    error.message,
+    'TLS_KEY_FILE="k.pem": expected a readable PEM file; NotFound: No such file or directory',
+  );
+  assert.equal(error.cause, cause);
+});
+
+Deno.test("config: listenError names the setting behind a failure to listen", () => {
+  const config = { port: 8000, hostname: "::1", certFile: "c.pem", keyFile: "k.pem" };
+  const cases: [Error, string, RegExp][] = [
+    [
+      new Deno.errors.AddrInUse("in use"),
+      "PORT",
+      /^PORT="8000": expected a free port \(\[::1\]:8000/,
+    ],
+    [new Deno.errors.PermissionDenied("denied"), "PORT", /^PORT="8000": .*privileges/],
+    [new Deno.errors.AddrNotAvailable("nope"), "HOSTNAME", /^HOSTNAME="::1": /],
+    [new Deno.errors.InvalidData("no certs"), "TLS_CERT_FILE", /TLS_KEY_FILE="k.pem"/],
+  ];
+  for (const [cause, variable, message] of cases) {
+    const error = listenError(cause, config);
+    assert.ok(error instanceof ConfigError, cause.name);
+    assert.equal(error.variable, variable);
+    assert.match(error.message, message);
+    assert.equal(error.cause, cause);
+  }
+  const other = new Deno.errors.NotCapable("no net");
+  assert.equal(listenError(other, config), other);
+  const plain = new Deno.errors.InvalidData("no certs");
+  assert.equal(listenError(plain, { ...config, certFile: undefined }), plain);
+});
+
+Deno.test("config: startupFailure is one line, exit code 2 for a setting and 1 otherwise", () => {
+  assert.deepEqual(startupFailure(new ConfigError("PORT", "x", "a port")), {
+    line: 'parley: PORT="x": expected a port',
+    code: 2,
+  });
+  assert.deepEqual(startupFailure(new TypeError("bad\n  thing")), {
+    line: "parley: cannot start: TypeError: bad thing",
+    code: 1,
+  });
 });

@@ -23,6 +23,16 @@ export interface EngineFactory {
 }
 
 const ann = { id: "m-ann", nick: "ann" };
+const bob = { id: "m-bob", nick: "bob" };
+
+/** Appends `count` texts `m1`... from ann; returns their ids. */
+async function fill(engine: Engine, room: string, count: number): Promise<number[]> {
+  const ids: number[] = [];
+  for (let i = 1; i <= count; i++) {
+    ids.push((await engine.append(room, { from: ann, text: `m${i}` })).message.id);
+  }
+  return ids;
+}
 
 /** Registers the conformance tests for one engine. */
 export function engineConformance(factory: EngineFactory): void {
@@ -215,6 +225,231 @@ export function engineConformance(factory: EngineFactory): void {
     await two.join("r", "c2", { id: "m-bob", nick: "bob" }, 60_000);
     const members = (await one.members("r")).map((m) => m.nick).sort();
     assert.deepEqual(members, ["ann", "bob"]);
+    await two.close();
+    await one.close();
+  });
+  test("an edit gets its own id and changes its target in read and history", async () => {
+    const engine = await factory.make({ historySize: 20 });
+    const [one, two] = await fill(engine, "r", 2);
+    const edit = await engine.append("r", {
+      from: ann,
+      sender: "s",
+      cid: "e1",
+      kind: "edit",
+      target: one,
+      text: "m1, fixed",
+    });
+    assert.equal(edit.message.id, 3);
+    assert.equal(edit.message.kind, "edit");
+    assert.equal(edit.message.target, one);
+    assert.equal(edit.message.text, "m1, fixed");
+    const { messages } = await engine.read("r", undefined, 10);
+    assert.deepEqual(messages.map((m) => [m.id, m.kind ?? "message", m.text]), [
+      [one, "message", "m1, fixed"],
+      [two, "message", "m2"],
+      [3, "edit", "m1, fixed"],
+    ]);
+    assert.equal(messages[0].edited, edit.message.ts);
+    assert.equal(messages[1].edited, undefined);
+    const page = await engine.history("r", 99, 10);
+    assert.deepEqual(page.messages.map((m) => [m.id, m.text]), [[one, "m1, fixed"], [two, "m2"]]);
+    assert.equal(page.more, false);
+    await engine.close();
+  });
+
+  test("a delete makes tombstones of its target and the target's edits", async () => {
+    const engine = await factory.make({ historySize: 20 });
+    const [one, two] = await fill(engine, "r", 2);
+    await engine.append("r", { from: ann, kind: "edit", target: one, text: "secret v2" });
+    const del = await engine.append("r", {
+      from: ann,
+      sender: "s",
+      cid: "d1",
+      kind: "delete",
+      target: one,
+    });
+    assert.equal(del.message.kind, "delete");
+    assert.equal(del.message.target, one);
+    assert.equal(del.message.text, undefined);
+    await engine.append("r", { from: ann, kind: "edit", target: one, text: "after delete" });
+    const { messages } = await engine.read("r", undefined, 10);
+    const byId = new Map(messages.map((m) => [m.id, m]));
+    assert.equal(byId.get(one)?.deleted, true);
+    assert.equal(byId.get(one)?.text, undefined);
+    assert.equal(byId.get(two)?.text, "m2");
+    assert.equal(byId.get(3)?.deleted, true, "the earlier edit no longer carries the text");
+    assert.equal(byId.get(3)?.text, undefined);
+    assert.equal(byId.get(4)?.kind, "delete");
+    assert.equal(byId.get(one)?.text, undefined, "an edit after the delete changes nothing");
+    for (const m of messages) assert.ok(!JSON.stringify(m).includes("secret"), `leaked in ${m.id}`);
+    const page = await engine.history("r", 99, 10);
+    assert.deepEqual(page.messages.map((m) => [m.id, m.deleted ?? false, m.text]), [
+      [one, true, undefined],
+      [two, false, "m2"],
+    ]);
+    const resumed = await engine.read("r", { epoch: del.message.epoch, id: 2 }, 10);
+    assert.equal(resumed.recovered, true);
+    assert.deepEqual(resumed.messages.map((m) => m.kind), ["edit", "delete", "edit"]);
+    await engine.close();
+  });
+
+  test("a deleted file loses its bytes and name", async () => {
+    const engine = await factory.make({ historySize: 20 });
+    const file = await engine.append("r", {
+      from: ann,
+      data: new Uint8Array([1, 2, 3]),
+      name: "cat.png",
+      mime: "image/png",
+    });
+    await engine.append("r", { from: ann, kind: "delete", target: file.message.id });
+    const { messages } = await engine.read("r", undefined, 10);
+    assert.equal(messages[0].deleted, true);
+    assert.equal(messages[0].data, undefined);
+    assert.equal(messages[0].name, undefined);
+    await engine.close();
+  });
+
+  test("edits and deletes are deduplicated by sender and cid", async () => {
+    const engine = await factory.make({ historySize: 20 });
+    const [one] = await fill(engine, "r", 1);
+    const seen: number[] = [];
+    await engine.subscribe("r", (e) => e.type === "message" && seen.push(e.message.id));
+    const draft = { from: ann, sender: "s", cid: "e1", kind: "edit" as const, target: one };
+    const first = await engine.append("r", { ...draft, text: "v2" });
+    const again = await engine.append("r", { ...draft, text: "v2" });
+    assert.equal(again.duplicate, true);
+    assert.equal(again.message.id, first.message.id);
+    const del = { from: ann, sender: "s", cid: "d1", kind: "delete" as const, target: one };
+    const gone = await engine.append("r", del);
+    const goneAgain = await engine.append("r", del);
+    assert.equal(goneAgain.duplicate, true);
+    assert.equal(goneAgain.message.id, gone.message.id);
+    await until(() => seen.length >= 2, "the edit and the delete");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(seen, [first.message.id, gone.message.id]);
+    await engine.close();
+  });
+
+  test("a reply keeps the id it answers through read and history", async () => {
+    const engine = await factory.make({ historySize: 20 });
+    const [one] = await fill(engine, "r", 1);
+    const reply = await engine.append("r", { from: bob, text: "yes", replyTo: one });
+    assert.equal(reply.message.replyTo, one);
+    const { messages } = await engine.read("r", undefined, 10);
+    assert.equal(messages[1].replyTo, one);
+    assert.equal(messages[0].replyTo, undefined);
+    const page = await engine.history("r", 99, 10);
+    assert.equal(page.messages[1].replyTo, one);
+    await engine.close();
+  });
+
+  test("history pages down to the start of the room's history, in order", async () => {
+    const engine = await factory.make({ historySize: 40 });
+    const ids = await fill(engine, "r", 30);
+    // Edit and delete entries take ids but are not messages of a page.
+    await engine.append("r", { from: ann, kind: "edit", target: ids[3], text: "m4 edited" });
+    await engine.append("r", { from: ann, kind: "delete", target: ids[5] });
+    const collected: number[] = [];
+    let before = 1_000;
+    let pages = 0;
+    for (;;) {
+      const page = await engine.history("r", before, 7);
+      pages++;
+      assert.ok(page.messages.length <= 7);
+      const got = page.messages.map((m) => m.id);
+      assert.deepEqual(got, [...got].sort((a, b) => a - b), "each page in id order");
+      assert.ok(page.messages.every((m) => m.kind === undefined));
+      collected.unshift(...got);
+      if (!page.more) break;
+      assert.ok(got.length > 0, "more with an empty page");
+      before = got[0];
+      assert.ok(pages < 20, "paging ends");
+    }
+    assert.deepEqual(collected, ids);
+    const all = await engine.history("r", 1_000, 200);
+    assert.equal(all.messages[3].text, "m4 edited");
+    assert.equal(all.messages[5].deleted, true);
+    const middle = await engine.history("r", ids[10], 3);
+    assert.deepEqual(middle.messages.map((m) => m.id), ids.slice(7, 10));
+    assert.equal(middle.more, true);
+    const start = await engine.history("r", ids[0], 3);
+    assert.deepEqual(start.messages, []);
+    assert.equal(start.more, false);
+    const empty = await engine.history("nobody", 10, 3);
+    assert.deepEqual(empty.messages, []);
+    assert.equal(empty.more, false);
+    await engine.close();
+  });
+
+  test("history stops at what history keeps", async () => {
+    const engine = await factory.make({ historySize: 5 });
+    const ids = await fill(engine, "r", 12);
+    const page = await engine.history("r", 1_000, 50);
+    assert.deepEqual(page.messages.map((m) => m.id), ids.slice(7));
+    assert.equal(page.more, false);
+    assert.equal(page.epoch, (await engine.read("r", undefined, 0)).epoch);
+    await engine.close();
+  });
+
+  test("a signal reaches subscribers and is never stored", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    const seen: EngineEvent[] = [];
+    await engine.subscribe("r", (e) => seen.push(e));
+    await engine.signal("r", { type: "typing", member: ann });
+    await until(() => seen.length >= 1, "the typing signal");
+    assert.deepEqual(seen, [{ type: "typing", member: ann }]);
+    const { head, messages } = await engine.read("r", undefined, 10);
+    assert.equal(head, 0);
+    assert.deepEqual(messages, []);
+    await engine.close();
+  });
+
+  test("presence: refresh keeps an entry alive and re-adds a lost one", async () => {
+    let now = 1_000;
+    const engine = await factory.make({ historySize: 10, now: () => now });
+    const events: string[] = [];
+    await engine.subscribe("r", (e) => e.type !== "message" && events.push(e.type));
+    await engine.join("r", "c1", ann, 100);
+    now += 80;
+    await engine.refresh("r", "c1", ann, 100);
+    now += 80;
+    assert.deepEqual(await engine.members("r"), [ann], "refreshed, so still here");
+    now += 100;
+    assert.deepEqual(await engine.members("r"), []);
+    await engine.refresh("r", "c1", ann, 100);
+    assert.deepEqual(await engine.members("r"), [ann], "an expired entry comes back");
+    await until(() => events.length >= 3, "join, leave, join");
+    assert.deepEqual(events, ["join", "leave", "join"]);
+    await engine.close();
+  });
+
+  test("a second instance sees edits, deletes, history pages and signals", async () => {
+    if (!factory.peer) return;
+    const one = await factory.make({ historySize: 10 });
+    const two = await factory.peer(one);
+    const seen: string[] = [];
+    await two.subscribe("r", (e) => {
+      if (e.type === "typing") seen.push(`typing:${e.member.nick}`);
+      if (e.type === "message") seen.push(`${e.message.kind ?? "message"}:${e.message.id}`);
+    });
+    const [first] = await fill(one, "r", 2);
+    await one.append("r", { from: ann, kind: "edit", target: first, text: "v2" });
+    await until(() => seen.length >= 3, "messages and the edit");
+    await one.signal("r", { type: "typing", member: ann });
+    await until(() => seen.includes("typing:ann"), "typing across instances");
+    await two.append("r", { from: ann, kind: "delete", target: 2 });
+    const page = await one.history("r", 99, 10);
+    assert.deepEqual(page.messages.map((m) => [m.id, m.text, m.deleted ?? false]), [
+      [1, "v2", false],
+      [2, undefined, true],
+    ]);
+    await until(() => seen.includes("delete:4"), "the delete");
+    assert.deepEqual(seen.filter((s) => !s.startsWith("typing")), [
+      "message:1",
+      "message:2",
+      "edit:3",
+      "delete:4",
+    ]);
     await two.close();
     await one.close();
   });

@@ -5,6 +5,9 @@ import type { StoredMessage } from "../lib/protocol.ts";
 import { engineConformance } from "./engine_conformance.ts";
 import { until } from "./fakes.ts";
 
+const ann = { id: "m-ann", nick: "ann" };
+const bob = { id: "m-bob", nick: "bob" };
+
 /** Database files of the engines still open, and how many engines use each. */
 const users = new Map<string, number>();
 const paths = new WeakMap<Engine, string>();
@@ -362,4 +365,264 @@ Deno.test("KvEngine stops delivering after unsubscribe and is ready until closed
   await engine.close();
   assert.equal(await engine.ready(), false);
   await assert.rejects(engine.append("r", { from: null, text: "late" }), /closed/);
+});
+
+Deno.test("KvEngine keeps edits and deletes across a reopen, and no signal", async () => {
+  const path = await freshPath();
+  retain(path);
+  const first = await open(path, { historyFileBytes: 1 << 20 });
+  const draft = await first.append("r", { from: ann, text: "draft" });
+  const file = await first.append("r", {
+    from: ann,
+    data: picture(70_000),
+    name: "secret.png",
+    mime: "image/png",
+  });
+  const edit = await first.append("r", {
+    from: ann,
+    sender: "s",
+    cid: "e1",
+    kind: "edit",
+    target: draft.message.id,
+    text: "final",
+  });
+  const del = { from: ann, sender: "s", cid: "d1", kind: "delete" as const, target: 2 };
+  await first.append("r", del);
+  await first.signal("r", { type: "typing", member: ann });
+  await first.close();
+  const again = await open(path, { historyFileBytes: 1 << 20 });
+  await release(path);
+  try {
+    const { head, messages: history } = await again.read("r", undefined, 10);
+    assert.equal(head, 4, "the signal took no id");
+    assert.deepEqual(history.map((m) => [m.id, m.kind ?? "message", m.text, m.deleted ?? false]), [
+      [1, "message", "final", false],
+      [2, "message", undefined, true],
+      [3, "edit", "final", false],
+      [4, "delete", undefined, false],
+    ]);
+    assert.equal(history[0].edited, edit.message.ts);
+    assert.equal(history[1].data, undefined);
+    assert.equal(history[1].name, undefined);
+    assert.equal(file.message.id, 2);
+    assert.deepEqual(await keys(path, ["parley", "r", "blob"]), [], "the file's chunks are freed");
+    const page = await again.history("r", 99, 10);
+    assert.deepEqual(page.messages.map((m) => [m.id, m.text, m.deleted ?? false]), [
+      [1, "final", false],
+      [2, undefined, true],
+    ]);
+    const resent = await again.append("r", del);
+    assert.equal(resent.duplicate, true, "the delete's cid is still known");
+    assert.equal(resent.message.id, 4);
+    // A new subscriber gets what happens next, and no signal from before.
+    const seen: EngineEvent[] = [];
+    await again.subscribe("r", (e) => seen.push(e));
+    await again.append("r", { from: bob, text: "after" });
+    await until(() => seen.length >= 1, "the message after the reopen");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(seen.map((e) => e.type), ["message"]);
+  } finally {
+    await again.close();
+  }
+});
+
+Deno.test("KvEngine lets a message borrow a long edit's chunks, and frees them with the delete", async () => {
+  const path = await freshPath();
+  const engine = await open(path);
+  try {
+    const long = "é".repeat(20_000);
+    const { id } = (await engine.append("r", { from: ann, text: "short" })).message;
+    await engine.append("r", { from: ann, kind: "edit", target: id, text: long });
+    const blobs = await keys(path, ["parley", "r", "blob"]);
+    assert.equal(blobs.length, 1, "one copy of the long text, the edit's");
+    assert.equal((await engine.history("r", 99, 1)).messages[0].text, long);
+    await engine.append("r", { from: ann, kind: "edit", target: id, text: "short again" });
+    const { messages: history } = await engine.read("r", undefined, 10);
+    assert.equal(history[0].text, "short again");
+    assert.equal(history[1].text, long, "the edit entry keeps its own text");
+    assert.deepEqual(await keys(path, ["parley", "r", "blob"]), blobs);
+    await engine.append("r", { from: ann, kind: "delete", target: id });
+    assert.deepEqual(await keys(path, ["parley", "r", "blob"]), []);
+    assert.deepEqual(await keys(path, ["parley", "r", "edits"]), []);
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine tombstones every edit of a deleted message, more than one commit holds", async () => {
+  const path = await freshPath();
+  const engine = await open(path, { historySize: 200 });
+  try {
+    const { id } = (await engine.append("r", { from: ann, text: "v0" })).message;
+    for (let i = 1; i <= 60; i++) {
+      await engine.append("r", { from: ann, kind: "edit", target: id, text: `secret v${i}` });
+    }
+    assert.equal((await keys(path, ["parley", "r", "edits", id])).length, 60);
+    assert.equal((await engine.read("r", undefined, 1)).messages[0].text, "secret v60");
+    await engine.append("r", { from: ann, kind: "delete", target: id });
+    const { messages: history } = await engine.read("r", undefined, 100);
+    assert.equal(history.length, 62);
+    for (const m of history) assert.ok(!JSON.stringify(m).includes("secret"), `leaked in ${m.id}`);
+    assert.equal(history.filter((m) => m.deleted).length, 61);
+    assert.deepEqual(await keys(path, ["parley", "r", "edits"]), []);
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine trims edit index keys along with their edits", async () => {
+  const path = await freshPath();
+  const engine = await open(path, { historySize: 2 });
+  try {
+    const { message } = await engine.append("r", { from: ann, text: "m1" });
+    await engine.append("r", { from: ann, kind: "edit", target: message.id, text: "m1!" });
+    assert.equal((await keys(path, ["parley", "r", "edits"])).length, 1);
+    for (let i = 0; i < 2; i++) await engine.append("r", { from: ann, text: `m${i + 2}` });
+    assert.deepEqual(await keys(path, ["parley", "r", "edits"]), []);
+    assert.deepEqual(await keys(path, ["parley", "r", "msg"]), [
+      ["parley", "r", "msg", 3],
+      ["parley", "r", "msg", 4],
+    ]);
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine counts an edited text's new length against historyBytes, not the old one", async () => {
+  // 128 bytes an entry plus two a character: 728 for 300 characters.
+  const engine = await open(await freshPath(), { historyBytes: 1000 });
+  try {
+    const { message } = await engine.append("r", { from: ann, text: "x".repeat(300) });
+    await engine.append("r", { from: ann, kind: "edit", target: message.id, text: "y" });
+    await engine.append("r", { from: ann, text: "z".repeat(300) });
+    // 130 + 130 + 728 is under 1000; counting the old text (728) would trim.
+    const { messages: history } = await engine.read("r", undefined, 10);
+    assert.deepEqual(history.map((m) => m.id), [1, 2, 3]);
+    await engine.append("r", { from: ann, text: "w" });
+    const after = await engine.read("r", undefined, 10);
+    assert.deepEqual(after.messages.map((m) => m.id), [2, 3, 4]);
+  } finally {
+    await engine.close();
+  }
+});
+
+/** A handle on `kv` that counts reads (keys and lists) and atomic writes made through it. */
+function counting(kv: Deno.Kv) {
+  const counts = { keysRead: 0, lists: 0, writes: 0 };
+  const proxy = new Proxy(kv, {
+    get(target, name) {
+      const value = Reflect.get(target, name, target);
+      if (typeof value !== "function") return value;
+      return (...args: unknown[]) => {
+        if (name === "get") counts.keysRead++;
+        if (name === "getMany") counts.keysRead += (args[0] as unknown[]).length;
+        if (name === "list") counts.lists++;
+        if (name === "atomic") counts.writes++;
+        return value.apply(target, args);
+      };
+    },
+  });
+  return { kv: proxy, counts };
+}
+
+Deno.test("KvEngine refreshes a presence entry at the same cost in a room of 1 and of 40", async () => {
+  const path = await freshPath();
+  retain(path);
+  const { kv, counts } = counting(await Deno.openKv(path));
+  const engine = new KvEngine(kv, { historySize: 10, historyBytes: 1 << 20, historyFileBytes: 16 });
+  try {
+    const cost = async (room: string, others: number) => {
+      await engine.join(room, "c0", ann, 60_000);
+      for (let i = 1; i <= others; i++) {
+        await engine.join(room, `c${i}`, { id: `m${i}`, nick: `n${i}` }, 60_000);
+      }
+      // The first refresh of a room also dates its sweep: measure the second.
+      await engine.refresh(room, "c0", ann, 60_000);
+      const before = { ...counts };
+      await engine.refresh(room, "c0", ann, 60_000);
+      return {
+        keysRead: counts.keysRead - before.keysRead,
+        lists: counts.lists - before.lists,
+        writes: counts.writes - before.writes,
+      };
+    };
+    const small = await cost("small", 0);
+    const large = await cost("large", 39);
+    assert.deepEqual(small, { keysRead: 2, lists: 0, writes: 1 });
+    assert.deepEqual(large, small);
+    assert.equal((await engine.members("large")).length, 40);
+  } finally {
+    await engine.close();
+    await release(path);
+  }
+});
+
+Deno.test("KvEngine: a refresh sweeps connections that stopped refreshing, once a TTL", async () => {
+  let now = 1_000;
+  const engine = await open(await freshPath(), { now: () => now });
+  const peer = await open(paths.get(engine)!, { now: () => now });
+  try {
+    const events: string[] = [];
+    await peer.subscribe(
+      "r",
+      (e) => e.type !== "message" && events.push(`${e.type}:${e.member.nick}`),
+    );
+    await engine.join("r", "c1", ann, 100);
+    await engine.join("r", "c2", bob, 100); // Its instance dies: never refreshed.
+    now = 1_060;
+    await engine.refresh("r", "c1", ann, 100); // Dates the first sweep: 1160.
+    now = 1_120;
+    await engine.refresh("r", "c1", ann, 100); // bob expired at 1100; no sweep due.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(events, ["join:ann", "join:bob"]);
+    now = 1_170;
+    await engine.refresh("r", "c1", ann, 100);
+    await until(() => events.length >= 3, "bob's leave");
+    assert.deepEqual(events, ["join:ann", "join:bob", "leave:bob"]);
+    assert.deepEqual(await peer.members("r"), [ann]);
+  } finally {
+    await peer.close();
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine delivers a signal to subscribers of every handle, and stores it in no history", async () => {
+  const path = await freshPath();
+  const one = await open(path);
+  const two = await open(path);
+  try {
+    const seenOne: EngineEvent[] = [];
+    const seenTwo: EngineEvent[] = [];
+    await one.subscribe("r", (e) => seenOne.push(e));
+    await two.subscribe("r", (e) => seenTwo.push(e));
+    await one.signal("r", { type: "typing", member: ann });
+    await two.signal("r", { type: "typing", member: bob });
+    assert.deepEqual(seenOne[0], { type: "typing", member: ann }, "own signal before resolving");
+    await until(() => seenOne.length >= 2 && seenTwo.length >= 2, "both signals on both");
+    for (const seen of [seenOne, seenTwo]) {
+      assert.deepEqual(seen.map((e) => e.type === "typing" && e.member.nick).sort(), [
+        "ann",
+        "bob",
+      ]);
+    }
+    assert.deepEqual(await keys(path, ["parley", "r", "msg"]), []);
+    assert.deepEqual(await keys(path, ["parley", "r", "presence-event"]), []);
+  } finally {
+    await two.close();
+    await one.close();
+  }
+});
+
+Deno.test("KvEngine.history() pages files without reading their bytes", async () => {
+  const engine = await open(await freshPath(), { historyFileBytes: 1 << 20 });
+  try {
+    const data = picture(100_000);
+    await engine.append("r", { from: ann, data, name: "cat.png", mime: "image/png" });
+    const page = await engine.history("r", 99, 10);
+    assert.equal(page.messages[0].data, undefined);
+    assert.deepEqual([page.messages[0].name, page.messages[0].size], ["cat.png", 100_000]);
+    assertBytes((await engine.read("r", undefined, 1)).messages[0].data, data, "read");
+  } finally {
+    await engine.close();
+  }
 });

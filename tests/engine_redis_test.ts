@@ -2,7 +2,11 @@
  * The Redis engine: the engine conformance tests against a real
  * `redis-server`, plus what only a shared store shows: gaps filled after a
  * lost feed, new epochs after a flush, presence of a crashed instance,
- * binary safety, parity with the in-memory engine, and Redis being away.
+ * binary safety, parity with the in-memory engine (edits and deletes
+ * included), patches trimmed with the stream, refresh at constant cost,
+ * presence that converges after a cut feed, a flushed or a restarted Redis,
+ * and Redis being away. The presence view of a feed is tested on its own at
+ * the end.
  *
  * @module
  */
@@ -10,10 +14,11 @@ import assert from "node:assert/strict";
 import type { Engine, EngineEvent, MessageDraft } from "../lib/engine.ts";
 import { MemoryEngine } from "../lib/engines/memory.ts";
 import { RedisEngine, type RedisEngineOptions } from "../lib/engines/redis.ts";
-import type { Position } from "../lib/protocol.ts";
+import { PresenceView } from "../lib/engines/redis/_presence_view.ts";
+import type { Member, Position, StoredMessage } from "../lib/protocol.ts";
 import { engineConformance } from "./engine_conformance.ts";
 import { until } from "./fakes.ts";
-import { redisCommand, redisSkipReason, startRedis } from "./redis_server.ts";
+import { redisBulk, redisCommand, redisSkipReason, startRedis } from "./redis_server.ts";
 
 const ignore = await redisSkipReason("engine_redis_test.ts");
 const server = ignore === undefined ? await startRedis() : undefined;
@@ -46,6 +51,30 @@ engineConformance({ name: "redis", make: (options) => open(options), peer, ignor
 
 function test(name: string, fn: () => Promise<void>) {
   Deno.test({ name: `RedisEngine ${name}`, ignore: ignore !== undefined, fn });
+}
+
+const ann = { id: "m-ann", nick: "ann" };
+const bob = { id: "m-bob", nick: "bob" };
+const cat = { id: "m-cat", nick: "cat" };
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Presence events as `type:nick`, in the order a listener got them. */
+function presenceLog(): { events: string[]; listener: (e: EngineEvent) => void } {
+  const events: string[] = [];
+  return {
+    events,
+    listener: (e) => {
+      if (e.type === "join" || e.type === "leave") events.push(`${e.type}:${e.member.nick}`);
+      if (e.type === "rename") events.push(`rename:${e.old}>${e.member.nick}`);
+    },
+  };
+}
+
+function nicks(members: Member[]): string[] {
+  return members.map((m) => m.nick).sort();
 }
 
 function texts(events: EngineEvent[]): string[] {
@@ -173,7 +202,6 @@ test("resume and dedup match the in-memory engine under count and byte limits", 
   const limits = { historySize: 6, historyBytes: 1200, historyFileBytes: 64 };
   const memory = new MemoryEngine(limits);
   const redis = await open(limits);
-  const ann = { id: "m-ann", nick: "ann" };
   const drafts: MessageDraft[] = [];
   for (let i = 0; i < 40; i++) {
     const cid = `c${i % 9}`;
@@ -254,4 +282,276 @@ test("an engine started before its Redis connects once Redis is up", async () =>
     await engine.close();
     await late.stop();
   }
+});
+
+test("edits and deletes match the in-memory engine under count and byte limits", async () => {
+  let clock = 1_000;
+  const now = () => clock;
+  // The byte limit binds long before the count: what an edit or delete does
+  // to a message's size decides what is trimmed.
+  const limits = { historySize: 40, historyBytes: 4000, historyFileBytes: 64, now };
+  const memory = new MemoryEngine(limits);
+  const redis = await open(limits);
+  // A fixed pseudo-random walk over every kind of entry and target.
+  let seed = 7;
+  const random = (n: number) => {
+    // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) % n;
+  };
+  const messages: number[] = [];
+  let head = 0;
+  /** Mostly a recent message; sometimes any recent id, an edit or one not issued yet. */
+  const target = () =>
+    random(4) === 0 || messages.length === 0
+      ? Math.max(1, head - random(6) + 2)
+      : messages[Math.max(0, messages.length - 1 - random(6))];
+  const next = (i: number): MessageDraft => {
+    const cid = random(4) === 0 ? { sender: "s", cid: `c${random(12)}` } : {};
+    const roll = random(10);
+    if (roll < 3) {
+      return { from: ann, ...cid, kind: "edit", target: target(), text: "e".repeat(random(400)) };
+    }
+    if (roll < 5) return { from: ann, ...cid, kind: "delete", target: target() };
+    if (roll < 6) return { from: ann, ...cid, data: new Uint8Array(random(100)), name: `f${i}` };
+    return { from: bob, ...cid, text: "t".repeat(random(400)), replyTo: target() };
+  };
+  const shape = (m: StoredMessage) =>
+    [
+      m.id,
+      m.kind ?? "-",
+      m.target ?? "-",
+      m.replyTo ?? "-",
+      m.text?.length ?? "-",
+      m.data?.byteLength ?? "-",
+      m.name ?? "-",
+      m.deleted ? "deleted" : "-",
+      // A tombstone says nothing of edits (the in-memory one keeps the time).
+      m.deleted ? "-" : m.edited ?? "-",
+    ].join("/");
+  const view = async (engine: Engine) => {
+    const { head, messages } = await engine.read("r", undefined, 100);
+    const page = await engine.history("r", 1_000, 5);
+    return [
+      `head ${head}`,
+      ...messages.map(shape),
+      `page ${page.more}`,
+      ...page.messages.map(shape),
+    ].join("\n");
+  };
+  const seen = { edited: 0, deleted: 0, trimmedByBytes: 0 };
+  for (let i = 0; i < 200; i++) {
+    clock++;
+    const draft = next(i);
+    const a = await memory.append("r", draft);
+    const b = await redis.append("r", draft);
+    assert.equal(`${b.message.id}:${b.duplicate}`, `${a.message.id}:${a.duplicate}`, `draft ${i}`);
+    head = a.message.id;
+    if (!a.duplicate && draft.kind === undefined) messages.push(a.message.id);
+    assert.equal(await view(redis), await view(memory), `after draft ${i}`);
+    const kept = (await memory.read("r", undefined, 100)).messages;
+    seen.edited += kept.filter((m) => m.edited).length;
+    seen.deleted += kept.filter((m) => m.deleted).length;
+    if (kept.length < limits.historySize && kept[0].id > 1) seen.trimmedByBytes++;
+  }
+  // The walk did what it is for.
+  assert.ok(seen.edited > 50 && seen.deleted > 50, JSON.stringify(seen));
+  assert.ok(seen.trimmedByBytes > 100, JSON.stringify(seen));
+  await memory.close();
+  await redis.close();
+});
+
+test("patches and the edit index are trimmed with the stream", async () => {
+  const engine = await open({ historySize: 4 });
+  const prefix = optionsOf.get(engine)!.keyPrefix;
+  const hlen = (name: string) => redisCommand(server!.port, "HLEN", `${prefix}{r}:${name}`);
+  const kept = (await engine.append("r", { from: ann, text: "kept" })).message.id;
+  const secret = (await engine.append("r", { from: ann, text: "secret" })).message.id;
+  await engine.append("r", { from: ann, kind: "edit", target: kept, text: "kept v2" });
+  await engine.append("r", { from: ann, kind: "delete", target: secret });
+  assert.equal(await hlen("patches"), ":2", "kept's new text, secret's tombstone");
+  assert.equal(await hlen("edits"), ":1", "the edit of kept");
+  for (let i = 0; i < 4; i++) await engine.append("r", { from: ann, text: `later ${i}` });
+  assert.equal(await hlen("patches"), ":0");
+  assert.equal(await hlen("edits"), ":0");
+  await engine.close();
+});
+
+test("refresh reads no member list and sweeps nothing, whatever the room's size", async () => {
+  const engine = await open({ sweepMs: 60_000 });
+  const members = Array.from({ length: 300 }, (_, i) => ({ id: `m-${i}`, nick: `n${i}` }));
+  for (const [i, member] of members.entries()) {
+    await engine.join("r", `c${i}`, member, 60_000);
+  }
+  assert.match(await redisCommand(server!.port, "CONFIG", "RESETSTAT"), /^\+OK/);
+  for (const [i, member] of members.entries()) {
+    await engine.refresh("r", `c${i}`, member, 60_000);
+  }
+  const stats = await redisBulk(server!.port, "INFO", "commandstats");
+  const calls = (name: string) =>
+    Number(new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(stats)?.[1] ?? 0);
+  assert.equal(calls("evalsha"), members.length, "one script call per refresh");
+  assert.equal(calls("hgetall"), 0, "no member list was read");
+  assert.equal(calls("zrangebyscore"), 0, "no sweep ran");
+  assert.equal((await engine.members("r")).length, members.length);
+  await engine.close();
+});
+
+test("presence converges after its subscriber connection is killed, without a second join", async () => {
+  const one = await open({ maxRetryMs: 200 });
+  const two = await peer(one);
+  const { events, listener } = presenceLog();
+  await one.subscribe("r", listener);
+  await one.join("r", "c-ann", ann, 60_000);
+  await two.join("r", "c-bob", bob, 60_000);
+  await until(() => events.length === 2, "ann and bob join");
+  const killed = await redisCommand(server!.port, "CLIENT", "KILL", "TYPE", "pubsub");
+  assert.match(killed, /^:[1-9]/, "at least one subscriber connection was killed");
+  // While instance one hears nothing: cat joins and bob leaves.
+  await two.join("r", "c-cat", cat, 60_000);
+  await two.leave("r", "c-bob");
+  assert.equal(
+    await redisBulk(server!.port, "CLIENT", "LIST", "TYPE", "pubsub"),
+    "",
+    "the changes were made while no subscriber was connected",
+  );
+  // Ann opens a second tab on instance one while it reconnects.
+  assert.deepEqual(nicks(await one.join("r", "c-ann-2", ann, 60_000)), ["ann", "cat"]);
+  await until(() => events.length >= 4, "the missed join and leave");
+  await sleep(200);
+  assert.deepEqual(events, ["join:ann", "join:bob", "join:cat", "leave:bob"]);
+  assert.deepEqual(nicks(await one.members("r")), ["ann", "cat"]);
+  await two.close();
+  await one.close();
+});
+
+test("presence events lost without a disconnection reach listeners by the next sweeps", async () => {
+  const engine = await open();
+  const prefix = optionsOf.get(engine)!.keyPrefix;
+  const { events, listener } = presenceLog();
+  await engine.subscribe("r", listener);
+  await engine.join("r", "c-ann", ann, 60_000);
+  await until(() => events.length === 1, "ann joins");
+  // Add bob as the join script would, but publish nothing.
+  const key = (name: string) => `${prefix}{r}:${name}`;
+  await redisCommand(server!.port, "ZADD", key("expiry"), String(Date.now() + 60_000), "c-bob");
+  await redisCommand(server!.port, "HSET", key("conns"), "c-bob", bob.id);
+  await redisCommand(server!.port, "HSET", key("counts"), bob.id, "1");
+  await redisCommand(server!.port, "HSET", key("members"), bob.id, bob.nick);
+  await redisCommand(server!.port, "HINCRBY", key("presence"), "ver", "1");
+  await until(() => events.length === 2, "bob's join, found by a sweep");
+  assert.deepEqual(events, ["join:ann", "join:bob"]);
+  await engine.close();
+});
+
+test("after a flushed Redis, members come back without a second join and the gone leave", async () => {
+  const one = await open({ maxRetryMs: 100 });
+  const two = await peer(one);
+  const crashed = await peer(one);
+  const { events, listener } = presenceLog();
+  const dan = { id: "m-dan", nick: "dan" };
+  await one.subscribe("r", listener);
+  await two.subscribe("r", () => {});
+  await one.join("r", "c-ann", ann, 60_000);
+  await two.join("r", "c-bob", bob, 60_000);
+  await two.join("r", "c-dan", dan, 60_000);
+  await crashed.join("r", "c-cat", cat, 60_000);
+  await until(() => events.length === 4, "four joins");
+  await crashed.close(); // no leave: as if the process died
+  assert.match(await redisCommand(server!.port, "FLUSHALL"), /^\+OK/);
+  // A refresh period: the hub refreshes ann and bob. Dan's refresh is not
+  // due yet; his instance puts him back by itself.
+  await one.refresh("r", "c-ann", ann, 60_000);
+  await two.refresh("r", "c-bob", bob, 60_000);
+  const end = Date.now() + 2000;
+  while (nicks(await one.members("r")).join() !== "ann,bob,dan") {
+    assert.ok(Date.now() < end, "ann, bob and dan are back within 2 s");
+    await sleep(20);
+  }
+  await sleep(100);
+  assert.equal(events.filter((e) => e.startsWith("join")).length, 4, "no second join");
+  await until(() => events.length === 5, "cat, whom nobody put back, leaves");
+  await sleep(200);
+  assert.deepEqual(events, ["join:ann", "join:bob", "join:dan", "join:cat", "leave:cat"]);
+  await two.close();
+  await one.close();
+});
+
+test("after a restarted, empty Redis, members come back without a leave or a second join", async () => {
+  const redis = await startRedis();
+  const options = { redisUrl: redis.url, maxRetryMs: 100 };
+  const one = await open(options);
+  const two = await peer(one);
+  try {
+    const { events, listener } = presenceLog();
+    await one.subscribe("r", listener);
+    await two.subscribe("r", () => {});
+    await one.join("r", "c-ann", ann, 60_000);
+    await two.join("r", "c-bob", bob, 60_000);
+    await until(() => events.length === 2, "two joins");
+    await redis.restart();
+    const end = Date.now() + 3000;
+    while (nicks(await one.members("r").catch(() => [])).join() !== "ann,bob") {
+      assert.ok(Date.now() < end, "ann and bob are back within 3 s");
+      await sleep(20);
+    }
+    await two.join("r", "c-cat", cat, 60_000);
+    await until(() => events.length === 3, "a join after the restart");
+    await sleep(400);
+    assert.deepEqual(events, ["join:ann", "join:bob", "join:cat"]);
+  } finally {
+    await two.close();
+    await one.close();
+    await redis.stop();
+  }
+});
+
+Deno.test("PresenceView tells each change once and only what listeners do not know", () => {
+  const view = new PresenceView({ inc: "i1", ver: 3, members: [ann] });
+  const stamp = (ver: number) => ({ inc: "i1", ver });
+  assert.equal(
+    view.apply({ type: "join", member: ann }, stamp(3)),
+    null,
+    "already in the snapshot",
+  );
+  assert.deepEqual(view.apply({ type: "join", member: bob }, stamp(4)), {
+    type: "join",
+    member: bob,
+  });
+  assert.equal(view.apply({ type: "join", member: bob }, stamp(5)), null, "bob is listed");
+  assert.deepEqual(
+    view.apply({ type: "rename", member: { ...bob, nick: "b" }, old: "x" }, stamp(6)),
+    {
+      type: "rename",
+      member: { ...bob, nick: "b" },
+      old: "bob",
+    },
+  );
+  assert.equal(view.apply({ type: "leave", member: cat }, stamp(7)), null, "cat is not listed");
+  assert.equal(view.stale, false);
+  assert.equal(view.apply({ type: "leave", member: ann }, stamp(9)), null, "8 was missed");
+  assert.equal(view.stale, true);
+  assert.deepEqual(view.resync({ inc: "i1", ver: 9, members: [cat, { ...bob, nick: "b" }] }, 0), [
+    { type: "join", member: cat },
+    { type: "leave", member: ann },
+  ]);
+  assert.equal(view.reached(stamp(9)), true);
+  assert.equal(view.reached({ inc: "i2", ver: 1 }), false);
+});
+
+Deno.test("PresenceView keeps members through lost keys until their deadline", () => {
+  const view = new PresenceView({ inc: "i1", ver: 5, members: [ann, bob] });
+  const empty = { inc: "", ver: 0, members: [] };
+  assert.equal(view.lost(empty), true);
+  view.suspectAll(100);
+  assert.deepEqual(view.resync(empty, 10), [], "nobody leaves before the deadline");
+  assert.equal(view.apply({ type: "join", member: ann }, { inc: "i2", ver: 1 }), null);
+  assert.equal(view.lost({ inc: "i2", ver: 1 }), false, "new keys after none are no loss");
+  assert.equal(view.nextDeadline(), 100, "bob is still a suspect");
+  assert.deepEqual(view.resync({ inc: "i2", ver: 1, members: [ann] }, 100), [
+    { type: "leave", member: bob },
+  ]);
+  assert.equal(view.nextDeadline(), Infinity);
 });

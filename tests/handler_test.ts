@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { checkHandshake, clientIp, createHandler, type Upgrade } from "../lib/handler.ts";
+import type { ConnectInfo, Connection } from "../lib/hub.ts";
 import { makeAsset } from "../lib/static.ts";
 import { FakeSocket, makeHub } from "./fakes.ts";
+import { startServer } from "./helpers.ts";
+import { RawSocket } from "./raw_socket.ts";
 
 const HANDSHAKE = {
   upgrade: "websocket",
@@ -25,6 +28,35 @@ async function call(path: string, init?: RequestInit, upgrade?: Upgrade) {
   const res = await handler(new Request(`http://localhost${path}`, init));
   const body = await res.text();
   return { res, body };
+}
+
+/**
+ * Sends a handshake for `path` through a fake upgrade, opens the socket and
+ * returns what the hub was told, with the response's status and subprotocol.
+ */
+async function connectInfo(path: string, headers: Record<string, string> = {}) {
+  const hub = makeHub();
+  const seen: ConnectInfo[] = [];
+  hub.connect = (_socket, info) => {
+    seen.push(info);
+    return { receive() {}, close() {} } as unknown as Connection;
+  };
+  const socket = new FakeSocket();
+  const handler = createHandler({
+    hub,
+    assets: new Map(),
+    upgrade: () => ({ socket: socket as unknown as WebSocket, response: new Response(null) }),
+  });
+  const res = await handler(
+    new Request(`http://localhost${path}`, { headers: { ...HANDSHAKE, ...headers } }),
+  );
+  if (res.status === 200) socket.dispatchEvent(new Event("open"));
+  await res.body?.cancel();
+  return {
+    status: res.status,
+    protocolHeader: res.headers.get("sec-websocket-protocol"),
+    ...seen[0],
+  };
 }
 
 Deno.test("handler serves the page at / and at room paths", async () => {
@@ -117,17 +149,92 @@ Deno.test("handler upgrades a valid handshake with 101", async () => {
   assert.equal(rich.headers.get("sec-websocket-protocol"), "parley.v1");
 });
 
-Deno.test("handler passes room, mode and resume position to the upgrade", async () => {
-  let seen: Deno.UpgradeWebSocketOptions | undefined;
-  const upgrade: Upgrade = (_req, options) => {
-    seen = options;
-    return { socket: new FakeSocket() as unknown as WebSocket, response: new Response(null) };
-  };
-  const { res } = await call("/dev?epoch=abc&last=5", {
-    headers: { ...HANDSHAKE, "sec-websocket-protocol": "parley.v1" },
-  }, upgrade);
-  assert.equal(res.status, 200);
-  assert.equal(seen?.protocol, "parley.v1");
+Deno.test("handler passes room, mode and resume position to the hub", async () => {
+  const info = await connectInfo("/dev?epoch=abc&last=5", {
+    "sec-websocket-protocol": "parley.v1",
+  });
+  assert.equal(info.status, 200);
+  assert.equal(info.room, "dev");
+  assert.equal(info.rich, true);
+  assert.deepEqual(info.last, { epoch: "abc", id: 5 });
+  assert.equal(info.badLast, undefined);
+  assert.equal(info.protocolHeader, "parley.v1");
+});
+
+Deno.test("handler selects parley.v1 from any offered list, however it is spaced", async () => {
+  const handler = await setup();
+  const offers = [
+    "parley.v1,chat.v0",
+    "chat.v0,parley.v1",
+    "chat.v0 , parley.v1",
+    " parley.v1 ,chat.v0",
+    "parley.v1\t,chat.v0",
+    "chat.v0,,parley.v1",
+    "chat.v0, parley.v1, other",
+    "parley.v1",
+  ];
+  for (const offer of offers) {
+    const res = await handler(
+      new Request("http://localhost/dev", {
+        headers: { ...HANDSHAKE, "sec-websocket-protocol": offer },
+      }),
+    );
+    assert.equal(res.status, 101, JSON.stringify(offer));
+    assert.equal(res.headers.get("sec-websocket-protocol"), "parley.v1", JSON.stringify(offer));
+    const info = await connectInfo("/dev", { "sec-websocket-protocol": offer });
+    assert.equal(info.rich, true, JSON.stringify(offer));
+  }
+});
+
+Deno.test("handler treats a list without parley.v1 as raw mode", async () => {
+  const handler = await setup();
+  for (const offer of ["chat.v0", "chat.v0,chat.v1", "PARLEY.V1", "parley.v10", "parley", ""]) {
+    const res = await handler(
+      new Request("http://localhost/dev", {
+        headers: { ...HANDSHAKE, "sec-websocket-protocol": offer },
+      }),
+    );
+    assert.equal(res.status, 101, JSON.stringify(offer));
+    assert.equal(res.headers.get("sec-websocket-protocol"), null, JSON.stringify(offer));
+    const info = await connectInfo("/dev", { "sec-websocket-protocol": offer });
+    assert.equal(info.rich, false, JSON.stringify(offer));
+  }
+});
+
+Deno.test("handler answers an upgrade that throws with 400 and the reason, never 500", async () => {
+  const hub = makeHub();
+  const handler = createHandler({
+    hub,
+    assets: new Map(),
+    upgrade: () => {
+      throw new TypeError("Invalid Header: 'upgrade' header must contain 'websocket'");
+    },
+  });
+  const res = await handler(new Request("http://localhost/dev", { headers: HANDSHAKE }));
+  assert.equal(res.status, 400);
+  assert.equal(
+    await res.text(),
+    "bad handshake: Invalid Header: 'upgrade' header must contain 'websocket'\n",
+  );
+  assert.match(hub.metrics.render(), /^parley_rejected_total\{reason="handshake"\} 1$/m);
+});
+
+Deno.test("a real server selects parley.v1 from a list sent without spaces", async () => {
+  const server = await startServer();
+  try {
+    for (const offer of ["parley.v1,chat.v0", "chat.v0,parley.v1"]) {
+      const socket = await RawSocket.open(server.port, "/dev", { "Sec-WebSocket-Protocol": offer });
+      await socket.close();
+      assert.equal(socket.status, 101, offer);
+      assert.match(socket.head, /^sec-websocket-protocol: parley\.v1$/im, offer);
+    }
+    const raw = await RawSocket.open(server.port, "/dev", { "Sec-WebSocket-Protocol": "chat.v0" });
+    await raw.close();
+    assert.equal(raw.status, 101);
+    assert.doesNotMatch(raw.head, /sec-websocket-protocol/i);
+  } finally {
+    await server.close();
+  }
 });
 
 Deno.test("handler answers bad handshakes with 400 or 426 and a reason, never 500", async () => {
@@ -153,12 +260,57 @@ Deno.test("handler answers bad handshakes with 400 or 426 and a reason, never 50
   await post?.body?.cancel();
 });
 
-Deno.test("handler rejects bad ?history and resume parameters with 400", async () => {
+Deno.test("handler answers a ?history that is not an integer with 400 and the value", async () => {
+  for (const value of ["abc", "-1", "1.5", "1e3", "", "0x10"]) {
+    const { res, body } = await call(`/?history=${encodeURIComponent(value)}`, {
+      headers: HANDSHAKE,
+    });
+    assert.equal(res.status, 400, value);
+    assert.equal(
+      body,
+      `bad history: ${JSON.stringify(value)} is not a non-negative integer; use ?history=N\n`,
+    );
+  }
+});
+
+Deno.test("handler clamps ?history above HISTORY_SIZE to HISTORY_SIZE", async () => {
+  // makeHub keeps 100 messages per room.
   for (
-    const query of ["?history=abc", "?history=-1", "?history=101", "?epoch=x&last=abc", "?last=5"]
+    const [value, expected] of [["0", 0], ["7", 7], ["100", 100], ["101", 100], [
+      "9".repeat(20),
+      100,
+    ]]
   ) {
-    const { res } = await call(`/${query}`, { headers: HANDSHAKE });
-    assert.equal(res.status, 400, query);
+    const info = await connectInfo(`/?history=${value}`);
+    assert.equal(info.status, 200, String(value));
+    assert.equal(info.history, expected, String(value));
+  }
+});
+
+Deno.test("handler passes a malformed URL resume position to a rich client's hub as badLast", async () => {
+  const cases: [string, string][] = [
+    ["?epoch=x&last=abc", "last.id: must be a non-negative integer"],
+    ["?epoch=x&last=-1", "last.id: must be a non-negative integer"],
+    ["?epoch=x", "last.id: must be a non-negative integer"],
+    ["?last=5", "last.epoch: must be an epoch string from the server"],
+    ["?epoch=b%20d&last=1", "last.epoch: must be an epoch string from the server"],
+  ];
+  for (const [query, reason] of cases) {
+    const info = await connectInfo(`/r${query}`, { "sec-websocket-protocol": "parley.v1" });
+    assert.equal(info.status, 200, query);
+    assert.equal(info.rich, true, query);
+    assert.equal(info.last, undefined, query);
+    assert.equal(info.badLast, `bad resume position: ${reason}; use ?epoch=E&last=N`, query);
+  }
+});
+
+Deno.test("handler ignores resume parameters of a raw client", async () => {
+  for (const query of ["?epoch=x&last=abc", "?last=5", "?epoch=abc&last=5"]) {
+    const info = await connectInfo(`/r${query}`);
+    assert.equal(info.status, 200, query);
+    assert.equal(info.rich, false, query);
+    assert.equal(info.last, undefined, query);
+    assert.equal(info.badLast, undefined, query);
   }
 });
 

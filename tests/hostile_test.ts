@@ -26,6 +26,7 @@
 import assert from "node:assert/strict";
 import { Client, expectSilence, startServer, type TestServer, waitFor } from "./helpers.ts";
 import type { Config } from "../lib/config.ts";
+import { DEFAULT_QUEUE } from "../lib/rate_limit.ts";
 import {
   closeFrame,
   concat,
@@ -374,7 +375,8 @@ Deno.test("a flood is closed by Parley with 1008 and bystanders get at most the 
     await waitFor(() => server.app.hub.roomSize(room) === 3, 5000, "the flooder to join");
 
     const started = performance.now();
-    for (let i = 0; i < 100; i++) flooder.send(`flood ${i}`);
+    // More than the burst and the rate queue (DEFAULT_QUEUE) hold together.
+    for (let i = 0; i < 2 * DEFAULT_QUEUE; i++) flooder.send(`flood ${i}`);
     const closed = await flooder.closed;
     // Tokens that trickled in while the flood was read; 0 unless the machine crawls.
     const refill = Math.floor(((performance.now() - started) / 1000) * rateLimit);
@@ -413,8 +415,9 @@ Deno.test("a flooder that stops right after crossing the line gets a clean 1008"
     const flooder = await fixture.client(`/${room}`);
     await waitFor(() => server.app.hub.roomSize(room) === 3, 5000, "the flooder to join");
 
-    // The burst passes, the next rateBurst are dropped, and one more closes it.
-    for (let i = 0; i < 2 * rateBurst + 1; i++) flooder.send(`flood ${i}`);
+    // The burst passes, the queue fills, the next rateBurst are dropped, and
+    // one more closes it.
+    for (let i = 0; i < 2 * rateBurst + DEFAULT_QUEUE + 1; i++) flooder.send(`flood ${i}`);
     const closed = await flooder.closed;
 
     assert.equal(closed.code, 1008);

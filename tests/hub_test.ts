@@ -259,28 +259,110 @@ Deno.test("hub announces presence once per member across tabs", async () => {
   assert.deepEqual(types(), ["join", "leave"]);
 });
 
-Deno.test("hub drops messages over the rate with an error envelope, then closes a flood with 1008", async () => {
-  const hub = makeHub({ rateLimit: 0.01, rateBurst: 3 });
+Deno.test("hub paces a resent backlog over the burst: every message acked, no close", async () => {
+  const hub = makeHub({ rateLimit: 400, rateBurst: 5 });
+  const [sender, peer] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(sender, { room: "r", rich: true });
+  hub.connect(peer, { room: "r", rich: false });
+  conn.receive(JSON.stringify({ type: "hello", nick: "f", client: "client-backlog" }));
+  await welcomed(sender);
+  for (let i = 0; i < 100; i++) {
+    conn.receive(JSON.stringify({ type: "message", cid: `c${i}`, text: `m${i}` }));
+  }
+  await until(() => sender.envelopes().filter((e) => e.type === "ack").length === 100, "acks");
+  assert.deepEqual(sender.envelopes().filter((e) => e.type === "error"), []);
+  assert.equal(sender.closes.length, 0);
+  assert.deepEqual(peer.sent, Array.from({ length: 100 }, (_, i) => `f: m${i}`), "in order");
+  assert.equal(hub.metrics.get("parley_rate_limited_total"), 0);
+  conn.close();
+});
+
+Deno.test("hub drops frames past the rate queue with rate_limited, then closes a flood with 1008", async () => {
+  const hub = makeHub({ rateLimit: 0.01, rateBurst: 3, rateQueue: 2 });
   const [flooder, peer] = [new FakeSocket(), new FakeSocket()];
   const conn = hub.connect(flooder, { room: "r", rich: true });
   hub.connect(peer, { room: "r", rich: false });
   conn.receive(JSON.stringify({ type: "hello", nick: "f" })); // token 1
   await welcomed(flooder);
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 5; i++) {
     conn.receive(JSON.stringify({ type: "message", cid: `c${i}`, text: "x" }));
   }
   await until(() => flooder.envelopes().filter((e) => e.type === "ack").length === 2, "acks");
-  assert.equal(peer.sent.length, 2, "burst of 3 minus the hello");
+  assert.equal(peer.sent.length, 2, "burst of 3 minus the hello; two wait in the queue");
   const limited = flooder.envelopes().filter((e) => e.type === "error");
-  assert.deepEqual(limited.map((e) => [e.code, e.cid]), [["rate_limited", "c2"]]);
+  assert.deepEqual(limited.map((e) => [e.code, e.cid, e.retry]), [["rate_limited", "c4", true]]);
   assert.equal(flooder.closes.length, 0, "a burst is not a flood");
-  for (let i = 3; i < 10; i++) {
+  for (let i = 5; i < 12; i++) {
     conn.receive(JSON.stringify({ type: "message", cid: `c${i}`, text: "x" }));
   }
   assert.equal(flooder.closes[0]?.code, 1008);
   assert.equal(peer.sent.length, 2);
   assert.equal(hub.roomSize("r"), 1);
   assert.equal(hub.metrics.get("parley_rate_limited_total"), 4);
+});
+
+Deno.test("hub treats a file envelope and its bytes as one unit under the rate limit", async () => {
+  const hub = makeHub({ rateLimit: 0.01, rateBurst: 2, rateQueue: 0 });
+  const [sender, peer] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(sender, { room: "r", rich: true });
+  hub.connect(peer, { room: "r", rich: false });
+  conn.receive(JSON.stringify({ type: "hello", nick: "f", client: "client-files" })); // token 1
+  await welcomed(sender);
+  const file = (cid: string, size: number) =>
+    JSON.stringify({ type: "file", cid, name: `${cid}.bin`, mime: "a/b", size });
+  conn.receive(file("A", 1)); // token 2, and its bytes ride along
+  conn.receive(new Uint8Array([0xa]));
+  conn.receive(file("B", 2)); // no token: the envelope and its bytes are dropped
+  conn.receive(new Uint8Array([0xb, 0xb]));
+  await until(() => sender.envelopes().some((e) => e.type === "ack"), "the ack of A");
+  await settle();
+  assert.deepEqual(peer.sent.map((f) => [...(f as Uint8Array)]), [[0xa]]);
+  const answers = sender.envelopes().filter((e) => e.type === "ack" || e.type === "error");
+  assert.deepEqual(answers.map((e) => `${e.type}:${e.cid}:${e.code ?? ""}`).sort(), [
+    "ack:A:",
+    "error:B:rate_limited",
+  ]);
+  const stored = await hub.options.engine.read("r", undefined, 10);
+  assert.deepEqual(stored.messages.map((m) => [m.cid, m.size]), [["A", 1]]);
+});
+
+Deno.test("hub pairs a file envelope only with the binary frame right after it", async () => {
+  const hub = makeHub();
+  const [sender, peer] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(sender, { room: "r", rich: true });
+  hub.connect(peer, { room: "r", rich: false });
+  conn.receive(JSON.stringify({ type: "hello", nick: "f", client: "client-pairs" }));
+  await welcomed(sender);
+  conn.receive(JSON.stringify({ type: "file", cid: "A", name: "a", mime: "a/b", size: 1 }));
+  conn.receive(JSON.stringify({ type: "ping" }));
+  conn.receive(new Uint8Array([7])); // not A's: a ping came between
+  await until(() => peer.sent.length === 1, "the unannounced file");
+  const stored = await hub.options.engine.read("r", undefined, 10);
+  assert.deepEqual(stored.messages.map((m) => [m.cid, m.name]), [[undefined, "file"]]);
+  assert.equal(sender.envelopes().filter((e) => e.type === "ack").length, 0, "A is never acked");
+});
+
+Deno.test("hub reads and drops the bytes of a file refused for its size, up to a cap", async () => {
+  const hub = makeHub({ maxMessageBytes: 100 });
+  const [sender, peer] = [new FakeSocket(), new FakeSocket()];
+  const conn = hub.connect(sender, { room: "r", rich: true });
+  hub.connect(peer, { room: "r", rich: false });
+  conn.receive(JSON.stringify({ type: "hello", nick: "f" }));
+  await welcomed(sender);
+  conn.receive(JSON.stringify({ type: "file", cid: "big", name: "a", mime: "a/b", size: 300 }));
+  conn.receive(new Uint8Array(300));
+  await settle();
+  assert.equal(sender.closes.length, 0, "the connection stays open");
+  assert.deepEqual(
+    sender.envelopes().filter((e) => e.type === "error").map((e) => [e.code, e.cid]),
+    [["bad_envelope", "big"]],
+  );
+  conn.receive(JSON.stringify({ type: "message", cid: "m", text: "still here" }));
+  await until(() => peer.sent.includes("f: still here"), "the next message");
+  assert.equal(peer.sent.length, 1);
+  conn.receive(JSON.stringify({ type: "file", cid: "huge", name: "a", mime: "a/b", size: 900 }));
+  conn.receive(new Uint8Array(401)); // over four times the limit
+  assert.equal(sender.closes[0]?.code, 1009);
 });
 
 Deno.test("hub drops the binary frame of a refused file envelope", async () => {

@@ -1,13 +1,13 @@
 /**
  * The real server on the KV engine, stopped and started again on the same
- * database: history, ids and epochs survive, so a client resumes with
- * `recovered: true`.
+ * database: history, ids, epochs, edits and deletes survive (typing signals
+ * do not), so a client resumes with `recovered: true`.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { SUBPROTOCOL } from "../lib/protocol.ts";
-import { type Client, connect } from "./helpers.ts";
+import { type Client, connect, expectSilence } from "./helpers.ts";
 
 /** A server started as a child process. */
 interface ServerProcess {
@@ -85,7 +85,7 @@ async function join(
   return { client, welcome: await client.until("welcome") };
 }
 
-Deno.test("A restarted KV server keeps history, ids and epochs, and resumes clients", async () => {
+Deno.test("A restarted KV server keeps history, ids, epochs, edits and deletes, and resumes clients", async () => {
   const dir = await Deno.makeTempDir({ prefix: "parley-kv-restart-" });
   const kvPath = `${dir}/parley.sqlite`;
   const clients: Client[] = [];
@@ -112,6 +112,14 @@ Deno.test("A restarted KV server keeps history, ids and epochs, and resumes clie
     const ack = await ann.client.until<{ epoch: string; id: number }>("ack");
     last = { epoch: ack.epoch, id: ack.id };
     assert.equal(last.id, 4);
+    // An edit and a delete must survive as well; a typing signal must not.
+    ann.client.send({ type: "edit", cid: "e1", id: 1, text: "one, edited" });
+    await ann.client.until("ack");
+    ann.client.send({ type: "delete", cid: "d1", id: 2 });
+    const deleted = await ann.client.until<{ epoch: string; id: number }>("ack");
+    last = { epoch: deleted.epoch, id: deleted.id };
+    assert.equal(last.id, 6);
+    ann.client.send({ type: "typing" });
     await ann.client.close();
     assert.equal(await first.stop(), 0);
 
@@ -127,16 +135,18 @@ Deno.test("A restarted KV server keeps history, ids and epochs, and resumes clie
     const fresh = await join(second.ws, { nick: "bob" });
     clients.push(fresh.client);
     assert.equal(fresh.welcome.recovered, null);
-    assert.equal(fresh.welcome.replay, 4);
-    for (const [i, text] of texts.entries()) {
-      const message = await fresh.client.json();
-      assert.deepEqual([message.type, message.id, message.epoch, message.text], [
-        "message",
-        i + 1,
-        last.epoch,
-        text,
-      ]);
-    }
+    assert.equal(fresh.welcome.replay, 6);
+    const replayed = [];
+    for (let i = 0; i < texts.length; i++) replayed.push(await fresh.client.json());
+    assert.deepEqual(
+      replayed.map((m) => [m.type, m.id, m.epoch, m.text, m.deleted]),
+      [
+        ["message", 1, last.epoch, "one, edited", undefined],
+        ["message", 2, last.epoch, undefined, true],
+        ["message", 3, last.epoch, "three", undefined],
+      ],
+    );
+    assert.equal(typeof replayed[0].edited, "number");
     const file = await fresh.client.json();
     assert.deepEqual([file.type, file.id, file.size, file.omitted], [
       "file",
@@ -147,6 +157,12 @@ Deno.test("A restarted KV server keeps history, ids and epochs, and resumes clie
     const received = await fresh.client.binary();
     assert.equal(received.byteLength, bytes.byteLength);
     assert.equal(received.findIndex((b, i) => b !== bytes[i]), -1, "the picture's bytes");
+    const changes = [await fresh.client.json(), await fresh.client.json()];
+    assert.deepEqual(changes.map((m) => [m.type, m.id, m.target, m.text]), [
+      ["edit", 5, 1, "one, edited"],
+      ["delete", 6, 2, undefined],
+    ]);
+    await expectSilence(fresh.client);
   } finally {
     for (const client of clients) await client.close();
     for (const server of servers) await server.dispose();

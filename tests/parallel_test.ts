@@ -1,14 +1,15 @@
 /**
  * `deno serve --parallel` (what `deno task start:parallel` runs): workers in
  * one process share rooms through the KV engine, so every client, on any
- * worker, sees every message of its room once, in the room's one order.
+ * worker, sees every message of its room once, in the room's one order, and
+ * every typing signal and edit.
  */
 import assert from "node:assert/strict";
 import { Client, connect } from "./helpers.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
-Deno.test("parallel workers: every client sees every message once, in one order, with one history", async () => {
+Deno.test("parallel workers: every client sees every message once, in one order, with one history, and every signal and edit", async () => {
   const dir = await Deno.makeTempDir();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["serve", "--parallel", "-A", "--host", "127.0.0.1", "--port", "0", "serve.ts"],
@@ -66,6 +67,24 @@ Deno.test("parallel workers: every client sees every message once, in one order,
       replay.push((await late.until<{ text: string }>("message")).text);
     }
     assert.deepEqual(replay, orders[0]);
+    // A typing signal and an edit reach every client on both workers too.
+    const ids = new Map<string, number>();
+    for (let i = 0; i < welcome.replay; i++) ids.set(orders[0][i], i + 1);
+    const target = ids.get("from c0")!;
+    clients[0].send({ type: "typing" });
+    for (const client of clients.slice(1)) {
+      const typing = await client.until<{ member: { nick: string } }>("typing", 10_000);
+      assert.equal(typing.member.nick, "c0");
+    }
+    clients[0].send({ type: "edit", cid: "e0", id: target, text: "from c0, edited" });
+    for (const client of clients) {
+      const edit = await client.until<{ target: number; text: string }>("edit", 10_000);
+      assert.deepEqual([edit.target, edit.text], [target, "from c0, edited"]);
+    }
+    late.send({ type: "history", before: 1_000, limit: 200 });
+    const page = await late.until<{ messages: { id: number; text: string }[] }>("history");
+    assert.equal(page.messages.find((m) => m.id === target)?.text, "from c0, edited");
+    assert.equal(page.messages.length, clients.length - 1, "the edit is not a message of a page");
   } finally {
     for (const client of clients) await client.close();
     child.kill("SIGTERM");

@@ -28,11 +28,11 @@ const good: [string, unknown, unknown][] = [
     { type: "hello", nick: "ann", client: "abcdefgh", last: { epoch: "e1", id: 4 } },
     { type: "hello", nick: "ann", client: "abcdefgh", last: { epoch: "e1", id: 4 } },
   ],
-  ["hello, last null", { type: "hello", nick: "ann", last: null }, {
+  ["hello, last null (a fresh join)", { type: "hello", nick: "ann", last: null }, {
     type: "hello",
     nick: "ann",
     client: undefined,
-    last: undefined,
+    last: null,
   }],
   ["message", { type: "message", cid: "c-1", text: "hi", extra: 1 }, {
     type: "message",
@@ -55,6 +55,35 @@ const good: [string, unknown, unknown][] = [
     nick: "é".repeat(32),
   }],
   ["ping", { type: "ping" }, { type: "ping" }],
+  ["message, text counted in code points", { type: "message", cid: "c", text: "😀".repeat(10) }, {
+    type: "message",
+    cid: "c",
+    text: "😀".repeat(10),
+  }],
+  ["message with reply_to", { type: "message", cid: "c", text: "yes", reply_to: 4 }, {
+    type: "message",
+    cid: "c",
+    text: "yes",
+    replyTo: 4,
+  }],
+  ["edit", { type: "edit", cid: "e", id: 3, text: "fixed" }, {
+    type: "edit",
+    cid: "e",
+    id: 3,
+    text: "fixed",
+  }],
+  ["delete", { type: "delete", cid: "d", id: 3 }, { type: "delete", cid: "d", id: 3 }],
+  ["history, default limit", { type: "history", before: 9 }, {
+    type: "history",
+    before: 9,
+    limit: 50,
+  }],
+  ["history, largest page", { type: "history", before: 9, limit: 200 }, {
+    type: "history",
+    before: 9,
+    limit: 200,
+  }],
+  ["typing", { type: "typing" }, { type: "typing" }],
 ];
 
 for (const [name, input, expected] of good) {
@@ -138,6 +167,27 @@ const bad: [string, string, ErrorCode, RegExp, string?][] = [
   ],
   ["file, no name", '{"type":"file","cid":"c","mime":"a/b","size":1}', "bad_envelope", /name/, "c"],
   ["nick, empty", '{"type":"nick","nick":""}', "bad_nick", /empty/],
+  [
+    "message, 11 code points",
+    JSON.stringify({ type: "message", cid: "c1", text: "😀".repeat(11) }),
+    "bad_envelope",
+    /1 to 10 characters/,
+    "c1",
+  ],
+  [
+    "message, reply_to not an id",
+    '{"type":"message","cid":"c1","text":"a","reply_to":"4"}',
+    "bad_envelope",
+    /reply_to/,
+    "c1",
+  ],
+  ["edit without id", '{"type":"edit","cid":"e1","text":"a"}', "bad_envelope", /id/, "e1"],
+  ["edit, empty text", '{"type":"edit","cid":"e1","id":2,"text":""}', "bad_envelope", /text/, "e1"],
+  ["delete without cid", '{"type":"delete","id":2}', "bad_envelope", /cid/],
+  ["delete, id 0", '{"type":"delete","cid":"d","id":0}', "bad_envelope", /id/, "d"],
+  ["history without before", '{"type":"history"}', "bad_envelope", /before/],
+  ["history, limit 0", '{"type":"history","before":3,"limit":0}', "bad_envelope", /limit/],
+  ["history, limit 201", '{"type":"history","before":3,"limit":201}', "bad_envelope", /limit/],
 ];
 
 for (const [name, input, code, message, cid] of bad) {
@@ -192,4 +242,37 @@ Deno.test("protocol builds file envelopes, marking files kept without bytes", ()
     size: 3,
   });
   assert.equal(JSON.parse(messageEnvelope({ ...file, data: undefined })).omitted, true);
+});
+
+Deno.test("protocol builds edit, delete and tombstone envelopes, and their raw lines", () => {
+  const ann = { id: "a1", nick: "ann" };
+  const edit = { ...base, from: ann, kind: "edit" as const, target: 3, text: "new" };
+  assert.deepEqual(JSON.parse(messageEnvelope(edit)), {
+    type: "edit",
+    id: 7,
+    epoch: "e",
+    ts: 1,
+    from: ann,
+    target: 3,
+    text: "new",
+  });
+  assert.equal(rawText(edit), "* ann edited a message: new");
+  const del = { ...base, from: ann, kind: "delete" as const, target: 3 };
+  assert.equal(JSON.parse(messageEnvelope(del)).type, "delete");
+  assert.equal(rawText(del), "* ann deleted a message");
+  const gone = { ...base, from: ann, deleted: true };
+  assert.deepEqual(JSON.parse(messageEnvelope(gone)), {
+    type: "message",
+    id: 7,
+    epoch: "e",
+    ts: 1,
+    from: ann,
+    deleted: true,
+  });
+  assert.equal(rawText(gone), undefined);
+  assert.equal(rawText({ ...edit, deleted: true, text: undefined }), undefined);
+  const edited = { ...base, from: ann, text: "v2", edited: 5, replyTo: 2 };
+  const wire = JSON.parse(messageEnvelope(edited));
+  assert.equal(wire.edited, 5);
+  assert.equal(wire.reply_to, 2);
 });

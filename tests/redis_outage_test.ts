@@ -1,7 +1,9 @@
 /**
  * A Redis outage seen from a client: `/readyz` fails, a send gets the error
  * `unavailable` and no ack, and once Redis is back the engine reconnects by
- * itself and the resend is stored once.
+ * itself and the resend is stored once. A Redis that hangs instead of going
+ * away may still store what it was sent: `unavailable` means the outcome is
+ * unknown, and the resend with the same `cid` is answered as a duplicate.
  *
  * @module
  */
@@ -97,6 +99,71 @@ Deno.test({
       assert.equal(delivered[0].text, "during");
     } finally {
       await client.close();
+      await server.close();
+      await redis.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "a message answered unavailable while Redis hangs is delivered once it resumes, " +
+    "and its resend is a duplicate",
+  ignore: ignore !== undefined,
+  async fn() {
+    const redis = await startRedis();
+    const server = await startServer({ engine: "redis", redisUrl: redis.url });
+    const sender = await connect(`${server.ws}/hang`, "parley.v1");
+    const other = await connect(`${server.ws}/hang`, "parley.v1");
+    try {
+      const sent = collect(sender);
+      const seen = collect(other);
+      sender.send({ type: "hello", nick: "ann", client: "client-hang-ann" });
+      other.send({ type: "hello", nick: "bob", client: "client-hang-bob" });
+      await waitFor(() => sent.some((e) => e.type === "welcome"), 5000, "ann's welcome");
+      await waitFor(() => seen.some((e) => e.type === "welcome"), 5000, "bob's welcome");
+      sender.send({ type: "message", cid: "c1", text: "before" });
+      await waitFor(() => seen.some((e) => e.type === "message" && e.cid === "c1"), 5000, "c1");
+
+      redis.pause();
+      try {
+        sender.send({ type: "message", cid: "c2", text: "while Redis hangs" });
+        // The command times out (2 s by default): the client cannot know whether it ran.
+        await waitFor(
+          () => sent.some((e) => e.type === "error" && e.cid === "c2"),
+          5000,
+          "an error for c2",
+        );
+        assert.equal(sent.find((e) => e.type === "error" && e.cid === "c2")!.code, "unavailable");
+        assert.equal(seen.filter((e) => e.cid === "c2").length, 0, "nothing delivered yet");
+      } finally {
+        redis.resume();
+      }
+
+      // The hung Redis ran the append it had been sent: stored and delivered.
+      await waitFor(
+        () => seen.some((e) => e.type === "message" && e.cid === "c2"),
+        5000,
+        "c2 delivered after Redis resumed",
+      );
+      const delivered = seen.find((e) => e.type === "message" && e.cid === "c2")!;
+      assert.equal(delivered.text, "while Redis hangs");
+
+      // The client resends what was not acked, with the same cid.
+      sender.send({ type: "message", cid: "c2", text: "while Redis hangs" });
+      await waitFor(() => sent.some((e) => e.type === "ack" && e.cid === "c2"), 5000, "ack of c2");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const acks = sent.filter((e) => e.type === "ack" && e.cid === "c2");
+      assert.equal(acks.length, 1, "acked once");
+      assert.equal(acks[0].duplicate, true, "the resend is the stored message");
+      assert.equal(acks[0].id, delivered.id);
+      assert.equal(acks[0].epoch, delivered.epoch);
+      const toOther = seen.filter((e) => e.type === "message" && e.cid === "c2");
+      const toSender = sent.filter((e) => e.type === "message" && e.cid === "c2");
+      assert.equal(toOther.length, 1, "delivered once to the other client");
+      assert.equal(toSender.length, 1, "delivered once to the sender");
+    } finally {
+      await sender.close();
+      await other.close();
       await server.close();
       await redis.stop();
     }

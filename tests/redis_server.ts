@@ -19,6 +19,13 @@ export interface RedisServer {
   restart(): Promise<void>;
   /** Kills the server and removes its directory without waiting, for `unload`. */
   kill(): void;
+  /**
+   * Freezes the server (SIGSTOP): its sockets stay open and take what is
+   * sent, but nothing is answered until `resume()`, as a Redis that hangs.
+   */
+  pause(): void;
+  /** Lets a paused server go on (SIGCONT): it runs what it was sent meanwhile. */
+  resume(): void;
 }
 
 /** Why the Redis tests cannot run here, or undefined when they can. */
@@ -127,6 +134,8 @@ export async function startRedis(): Promise<RedisServer> {
     child = undefined;
     if (!running) return;
     try {
+      // A stopped process takes SIGTERM only once it runs again.
+      running.kill("SIGCONT");
       running.kill("SIGTERM");
     } catch {
       // Already gone.
@@ -165,6 +174,14 @@ export async function startRedis(): Promise<RedisServer> {
       await halt();
       await launch();
     },
+    pause() {
+      if (!child) throw new Error("Cannot pause redis-server: it is not running");
+      child.kill("SIGSTOP");
+    },
+    resume() {
+      if (!child) throw new Error("Cannot resume redis-server: it is not running");
+      child.kill("SIGCONT");
+    },
   };
 }
 
@@ -182,6 +199,47 @@ export async function redisCommand(port: number, ...args: string[]): Promise<str
     const buffer = new Uint8Array(4096);
     const n = await conn.read(buffer);
     return n === null ? "" : new TextDecoder().decode(buffer.subarray(0, n)).split("\r\n")[0];
+  } finally {
+    conn.close();
+  }
+}
+
+/**
+ * Sends one command whose reply is a bulk string (`INFO`, `CLIENT LIST`) and
+ * returns that string whole.
+ */
+export async function redisBulk(port: number, ...args: string[]): Promise<string> {
+  const encoder = new TextEncoder();
+  const parts = [`*${args.length}\r\n`];
+  for (const arg of args) parts.push(`$${encoder.encode(arg).length}\r\n${arg}\r\n`);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await conn.write(encoder.encode(parts.join("")));
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    const buffer = new Uint8Array(65536);
+    while (true) {
+      const n = await conn.read(buffer);
+      if (n === null) throw new Error(`Redis closed the connection before answering ${args[0]}`);
+      chunks.push(buffer.slice(0, n));
+      total += n;
+      const all = new Uint8Array(total);
+      let at = 0;
+      for (const chunk of chunks) {
+        all.set(chunk, at);
+        at += chunk.length;
+      }
+      const text = new TextDecoder().decode(all);
+      const header = /^\$(-?\d+)\r\n/.exec(text);
+      if (!header) {
+        if (text.includes("\r\n")) throw new Error(`Redis answered ${text.split("\r\n")[0]}`);
+        continue;
+      }
+      const length = Number(header[1]);
+      const body = all.subarray(header[0].length);
+      if (length < 0) return "";
+      if (body.length >= length + 2) return new TextDecoder().decode(body.subarray(0, length));
+    }
   } finally {
     conn.close();
   }

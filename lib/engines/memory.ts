@@ -9,8 +9,10 @@ import type {
   AppendResult,
   Engine,
   EngineEvent,
+  HistoryPage,
   MessageDraft,
   ReadResult,
+  Signal,
   Unsubscribe,
 } from "../engine.ts";
 import type { Member, Position, StoredMessage } from "../protocol.ts";
@@ -42,7 +44,11 @@ interface RoomState {
   /** `sender \0 cid` of every message in `log` that has both. */
   dedup: Map<string, StoredMessage>;
   listeners: Set<(event: EngineEvent) => void>;
+  /** Presence entries by connection, and how many each member has. */
   presence: Map<string, PresenceEntry>;
+  members: Map<string, { member: Member; conns: number }>;
+  /** No entry expires before this time, so no sweep is needed until then. */
+  nextExpiry: number;
 }
 
 /** Makes a new random epoch. */
@@ -57,6 +63,12 @@ function sizeOf(m: StoredMessage): number {
 
 function dedupKey(sender: string, cid: string): string {
   return `${sender}\0${cid}`;
+}
+
+/** What is left of a deleted message or edit: its place, sender and time. */
+function tombstone(m: StoredMessage): StoredMessage {
+  const { text: _t, data: _d, name: _n, mime: _m, size: _s, ...rest } = m;
+  return { ...rest, deleted: true };
 }
 
 /** Keeps rooms, history and presence in memory. */
@@ -82,6 +94,8 @@ export class MemoryEngine implements Engine {
         dedup: new Map(),
         listeners: new Set(),
         presence: new Map(),
+        members: new Map(),
+        nextExpiry: Infinity,
       };
       this.#rooms.set(name, room);
     }
@@ -107,7 +121,12 @@ export class MemoryEngine implements Engine {
       sender: draft.sender,
       cid: draft.cid,
     };
-    if (draft.text !== undefined) {
+    if (draft.replyTo !== undefined) message.replyTo = draft.replyTo;
+    if (draft.kind !== undefined) {
+      message.kind = draft.kind;
+      message.target = draft.target;
+      if (draft.kind === "edit") message.text = draft.text ?? "";
+    } else if (draft.text !== undefined) {
       message.text = draft.text;
     } else {
       message.data = draft.data ?? new Uint8Array(0);
@@ -116,8 +135,42 @@ export class MemoryEngine implements Engine {
       message.size = message.data.byteLength;
     }
     this.#store(room, message);
+    if (message.kind !== undefined) this.#apply(room, message);
     this.#publish(room, { type: "message", message });
     return Promise.resolve({ message, duplicate: false });
+  }
+
+  /** Index in `room.log` of a live entry, or -1. */
+  #indexOf(room: RoomState, id: number): number {
+    if (room.log.length === room.start) return -1;
+    const index = room.start + id - room.log[room.start].id;
+    return index >= room.start && index < room.log.length ? index : -1;
+  }
+
+  /** Replaces a live entry (stored entries are shared with deliveries: never mutated). */
+  #replace(room: RoomState, index: number, next: StoredMessage) {
+    room.bytes += sizeOf(next) - sizeOf(room.log[index]);
+    room.log[index] = next;
+  }
+
+  /** Applies an edit or delete entry to its target. */
+  #apply(room: RoomState, change: StoredMessage) {
+    const index = this.#indexOf(room, change.target!);
+    if (index < 0) return;
+    const target = room.log[index];
+    if (target.deleted || target.kind !== undefined) return;
+    if (change.kind === "edit") {
+      if (target.text === undefined) return;
+      this.#replace(room, index, { ...target, text: change.text, edited: change.ts });
+      return;
+    }
+    this.#replace(room, index, tombstone(target));
+    for (let i = index + 1; i < room.log.length; i++) {
+      const entry = room.log[i];
+      if (entry.kind === "edit" && entry.target === target.id && !entry.deleted) {
+        this.#replace(room, i, tombstone(entry));
+      }
+    }
   }
 
   #store(room: RoomState, message: StoredMessage) {
@@ -162,50 +215,91 @@ export class MemoryEngine implements Engine {
     return Promise.resolve({ ...base, recovered: after ? false : null, messages });
   }
 
+  history(name: string, before: number, limit: number): Promise<HistoryPage> {
+    const room = this.#room(name);
+    const messages: StoredMessage[] = [];
+    let i = room.log.length - 1;
+    for (; i >= room.start && messages.length < limit; i--) {
+      const m = room.log[i];
+      if (m.id < before && m.kind === undefined) messages.push(m);
+    }
+    let more = false;
+    for (; i >= room.start && !more; i--) {
+      more = room.log[i].kind === undefined && room.log[i].id < before;
+    }
+    return Promise.resolve({ epoch: room.epoch, messages: messages.reverse(), more });
+  }
+
+  signal(name: string, event: Signal): Promise<void> {
+    const room = this.#rooms.get(name);
+    if (room) this.#publish(room, { ...event, member: { ...event.member } });
+    return Promise.resolve();
+  }
+
   subscribe(name: string, listener: (event: EngineEvent) => void): Promise<Unsubscribe> {
     const room = this.#room(name);
     room.listeners.add(listener);
     return Promise.resolve(() => room.listeners.delete(listener));
   }
 
-  #expire(room: RoomState) {
+  #expire(room: RoomState, force = false) {
     const now = this.#now();
+    if (!force && now < room.nextExpiry) return;
+    room.nextExpiry = Infinity;
     for (const [conn, entry] of room.presence) {
       if (entry.expires <= now) this.#remove(room, conn);
+      else room.nextExpiry = Math.min(room.nextExpiry, entry.expires);
     }
-  }
-
-  #hasMember(room: RoomState, id: string): boolean {
-    for (const entry of room.presence.values()) if (entry.member.id === id) return true;
-    return false;
   }
 
   #remove(room: RoomState, conn: string) {
     const entry = room.presence.get(conn);
     if (!entry) return;
     room.presence.delete(conn);
-    if (!this.#hasMember(room, entry.member.id)) {
-      this.#publish(room, { type: "leave", member: entry.member });
-    }
+    const held = room.members.get(entry.member.id);
+    if (held && --held.conns > 0) return;
+    room.members.delete(entry.member.id);
+    this.#publish(room, { type: "leave", member: held?.member ?? entry.member });
   }
 
   #members(room: RoomState): Member[] {
-    const byId = new Map<string, Member>();
-    for (const entry of room.presence.values()) byId.set(entry.member.id, entry.member);
-    return [...byId.values()];
+    return Array.from(room.members.values(), (held) => held.member);
+  }
+
+  /** Adds or extends an entry; publishes `join` for a new member. */
+  #put(room: RoomState, conn: string, member: Member, ttlMs: number): Member | undefined {
+    this.#expire(room);
+    const expires = this.#now() + ttlMs;
+    room.nextExpiry = Math.min(room.nextExpiry, expires);
+    const entry = room.presence.get(conn);
+    if (entry) {
+      entry.expires = expires;
+      return room.members.get(member.id)?.member;
+    }
+    room.presence.set(conn, { member: { ...member }, expires });
+    const held = room.members.get(member.id);
+    if (held) {
+      held.conns++;
+      return held.member;
+    }
+    room.members.set(member.id, { member: { ...member }, conns: 1 });
+    this.#publish(room, { type: "join", member: { ...member } });
+    return undefined;
   }
 
   join(name: string, conn: string, member: Member, ttlMs: number): Promise<Member[]> {
     const room = this.#room(name);
-    this.#expire(room);
-    const known = this.#members(room).find((m) => m.id === member.id);
-    room.presence.set(conn, { member: { ...member }, expires: this.#now() + ttlMs });
-    if (!known) this.#publish(room, { type: "join", member: { ...member } });
+    const known = this.#put(room, conn, member, ttlMs);
     // A new tab under another nick renames the member everywhere.
-    else if (known.nick !== member.nick) {
+    if (known && known.nick !== member.nick) {
       return this.rename(name, member.id, member.nick).then(() => this.#members(room));
     }
     return Promise.resolve(this.#members(room));
+  }
+
+  refresh(name: string, conn: string, member: Member, ttlMs: number): Promise<void> {
+    this.#put(this.#room(name), conn, member, ttlMs);
+    return Promise.resolve();
   }
 
   leave(name: string, conn: string): Promise<void> {
@@ -216,11 +310,11 @@ export class MemoryEngine implements Engine {
 
   rename(name: string, memberId: string, nick: string): Promise<void> {
     const room = this.#room(name);
-    let old: string | undefined;
+    const held = room.members.get(memberId);
+    const old = held?.member.nick;
+    if (held) held.member = { id: memberId, nick };
     for (const entry of room.presence.values()) {
-      if (entry.member.id !== memberId) continue;
-      old ??= entry.member.nick;
-      entry.member = { id: memberId, nick };
+      if (entry.member.id === memberId) entry.member = { id: memberId, nick };
     }
     if (old !== undefined && old !== nick) {
       this.#publish(room, { type: "rename", member: { id: memberId, nick }, old });
@@ -230,7 +324,7 @@ export class MemoryEngine implements Engine {
 
   members(name: string): Promise<Member[]> {
     const room = this.#room(name);
-    this.#expire(room);
+    this.#expire(room, true);
     return Promise.resolve(this.#members(room));
   }
 

@@ -3,19 +3,31 @@
  *
  * - A room's total order comes from one Lua script per append: dedup check,
  *   next id, `XADD` to the room's stream (trimmed by count and bytes, like the
- *   in-memory history) and `PUBLISH` on the room's channel, all atomic.
+ *   in-memory history), the effect of an edit or delete, and `PUBLISH` on the
+ *   room's channel, all atomic.
+ * - Stream entries cannot change, so what edits and deletes do to earlier
+ *   messages is a per-room hash of patches (id -> new text, or tombstone),
+ *   written by the same script, applied by every read and trimmed with the
+ *   stream. An index of edit ids per target lets a delete scrub the edits.
  * - Fan-out is Redis pub/sub on a dedicated connection. Each room feed keeps
  *   the last id it delivered and fills any gap (a lost connection, a skipped
- *   id, a new epoch) from the stream before delivering more.
+ *   id, a new epoch) from the stream before delivering more. Signals (typing)
+ *   are published on the same channel and never stored.
  * - Presence is a sorted set of connections by expiry, swept by Lua scripts,
  *   so exactly one instance publishes each `leave`; every instance sweeps the
  *   rooms it serves, so a crashed instance's members leave within the TTL.
+ *   Each feed keeps the member list it told its listeners (see
+ *   `_presence_view.ts`) and, after a cut feed, a lost event or lost keys,
+ *   reads the members again and tells only the difference. Each instance
+ *   remembers its own connections' entries and puts them back at once when
+ *   Redis lost them.
  * - Commands fail fast while Redis is down (no offline queue, a command
- *   timeout), so nothing is acked that was not stored; the client reconnects
- *   by itself with capped backoff.
+ *   timeout), so nothing is acked that was not stored. A command that timed
+ *   out against a Redis that hangs stays sent and may still run: a failed
+ *   append's outcome is unknown, and a resend with the same `cid` is safe.
  *
- * Keys are `<prefix>{<room>}:<name>`: the hash tag keeps a room's keys in one
- * slot, as Lua scripts need on a Redis Cluster.
+ * Keys are `<prefix>{<room>}:<name>` (see `_scripts.ts`): the hash tag keeps
+ * a room's keys in one slot, as Lua scripts need on a Redis Cluster.
  *
  * @module
  */
@@ -26,13 +38,36 @@ import type {
   AppendResult,
   Engine,
   EngineEvent,
+  HistoryPage,
   MessageDraft,
   ReadResult,
+  Signal,
   Unsubscribe,
 } from "../engine.ts";
 import { type Logger, silentLogger } from "../log.ts";
-import type { Member, Position, StoredMessage } from "../protocol.ts";
+import type { Member, Position } from "../protocol.ts";
 import { newEpoch } from "./memory.ts";
+import {
+  type Header,
+  type Incoming,
+  message,
+  pairs,
+  parseEntries,
+  parseEntry,
+  parseEvent,
+  type PresenceStamp,
+  sizeOf,
+  toBuffer,
+} from "./redis/_codec.ts";
+import { type PresenceSnapshot, PresenceView } from "./redis/_presence_view.ts";
+import {
+  APPEND_LUA,
+  HISTORY_LUA,
+  PRESENCE_LUA,
+  READ_LUA,
+  type Script,
+  script,
+} from "./redis/_scripts.ts";
 
 /** Options of {@linkcode RedisEngine}; a Parley `Config` has all the required ones. */
 export interface RedisEngineOptions {
@@ -60,7 +95,10 @@ export interface RedisEngineOptions {
   now?: () => number;
   /**
    * How often expired presence entries of the rooms this instance serves are
-   * swept (and a failed gap fill is tried again), in milliseconds.
+   * swept, each room feed checks that it missed no presence change (and
+   * that Redis still has its presence keys), and a failed gap fill is tried
+   * again, in milliseconds. After lost keys, members no instance put back
+   * leave after two sweeps and `maxRetryMs`.
    *
    * @default 2000
    */
@@ -86,201 +124,26 @@ export interface RedisEngineOptions {
   connectWaitMs?: number;
 }
 
-/**
- * Appends one message. KEYS: meta, log, dedup. ARGV: new epoch, dedup field
- * (empty: none), header JSON, file bytes, kind (`t` text, `f` file kept, `F`
- * file not kept), size for the byte budget, history size, history bytes,
- * channel. Returns `{"dup", epoch, entry}` or `{"new", epoch, id}`.
- */
-const APPEND_LUA = `
-local meta, log, dedup = KEYS[1], KEYS[2], KEYS[3]
-redis.call('HSETNX', meta, 'epoch', ARGV[1])
-local epoch = redis.call('HGET', meta, 'epoch')
-local field = ARGV[2]
-if field ~= '' then
-  local old = redis.call('HGET', dedup, field)
-  if old then
-    local found = redis.call('XRANGE', log, old .. '-0', old .. '-0')
-    if #found > 0 then return {'dup', epoch, found[1]} end
-    redis.call('HDEL', dedup, field)
-  end
-end
-local id = redis.call('HINCRBY', meta, 'seq', 1)
-local sid = string.format('%d', id)
-local entry = {'h', ARGV[3], 'sz', ARGV[6]}
-if field ~= '' then
-  entry[#entry + 1] = 'k'
-  entry[#entry + 1] = field
-  redis.call('HSET', dedup, field, sid)
-end
-if ARGV[5] == 'f' then
-  entry[#entry + 1] = 'd'
-  entry[#entry + 1] = ARGV[4]
-end
-redis.call('XADD', log, sid .. '-0', unpack(entry))
-local bytes = redis.call('HINCRBY', meta, 'bytes', tonumber(ARGV[6]))
-local len = redis.call('XLEN', log)
-local maxLen, maxBytes = tonumber(ARGV[7]), tonumber(ARGV[8])
-local cut = nil
-while len > maxLen or (bytes > maxBytes and len > 1) do
-  local start = '-'
-  if cut then start = string.format('%d', cut + 1) .. '-0' end
-  local oldest = redis.call('XRANGE', log, start, '+', 'COUNT', 1)[1]
-  local fields = oldest[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'sz' then
-      bytes = bytes - tonumber(fields[i + 1])
-    elseif fields[i] == 'k' then
-      if redis.call('HGET', dedup, fields[i + 1]) == string.match(oldest[1], '^%d+') then
-        redis.call('HDEL', dedup, fields[i + 1])
-      end
-    end
-  end
-  len = len - 1
-  cut = tonumber(string.match(oldest[1], '^%d+'))
-end
-if cut then
-  redis.call('XTRIM', log, 'MINID', string.format('%d', cut + 1) .. '-0')
-  redis.call('HSET', meta, 'bytes', bytes)
-end
-redis.call('PUBLISH', ARGV[9], 'M' .. sid .. ' ' .. epoch .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4])
-return {'new', epoch, sid}
-`;
-
-/**
- * Reads history by the in-memory engine's rules. KEYS: meta, log. ARGV: new
- * epoch, asked epoch (empty: none), asked id, limit. Returns `{epoch, head,
- * recovered ("1", "0" or "" for none), entries}`.
- */
-const READ_LUA = `
-local meta, log = KEYS[1], KEYS[2]
-redis.call('HSETNX', meta, 'epoch', ARGV[1])
-local epoch = redis.call('HGET', meta, 'epoch')
-local head = tonumber(redis.call('HGET', meta, 'seq') or '0')
-local oldest = head + 1
-local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
-if #first > 0 then oldest = tonumber(string.match(first[1][1], '^%d+')) end
-local recovered = ''
-if ARGV[2] ~= '' then
-  local after = tonumber(ARGV[3])
-  if ARGV[2] == epoch and after <= head and after >= oldest - 1 then
-    local rest = redis.call('XRANGE', log, string.format('%d', after + 1) .. '-0', '+')
-    return {epoch, string.format('%d', head), '1', rest}
-  end
-  recovered = '0'
-end
-local limit = tonumber(ARGV[4])
-local recent = {}
-if limit > 0 then recent = redis.call('XREVRANGE', log, '+', '-', 'COUNT', limit) end
-return {epoch, string.format('%d', head), recovered, recent}
-`;
-
-/**
- * Presence. KEYS: expiry (zset conn -> expiry), conns (hash conn -> member
- * id), members (hash member id -> nick), counts (hash member id -> entries).
- * ARGV: operation, channel, now, then per operation: join (conn, member id,
- * nick, ttl), leave (conn), rename (member id, nick), members, sweep.
- * Returns the members as a flat id, nick list.
- */
-const PRESENCE_LUA = `
-local expiry, conns, members, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local op, channel, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local function publish(kind, id, nick, old)
-  local event = {type = kind, member = {id = id, nick = nick}}
-  if old then event.old = old end
-  redis.call('PUBLISH', channel, 'P' .. cjson.encode(event))
-end
-local function remove(conn)
-  redis.call('ZREM', expiry, conn)
-  local id = redis.call('HGET', conns, conn)
-  if not id then return end
-  redis.call('HDEL', conns, conn)
-  if redis.call('HINCRBY', counts, id, -1) <= 0 then
-    redis.call('HDEL', counts, id)
-    local nick = redis.call('HGET', members, id)
-    redis.call('HDEL', members, id)
-    if nick then publish('leave', id, nick) end
-  end
-end
-local function sweep()
-  for _, conn in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do remove(conn) end
-end
-if op == 'join' then
-  local conn, id, nick, ttl = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-  sweep()
-  local prev = redis.call('HGET', conns, conn)
-  if prev and prev ~= id then
-    remove(conn)
-    prev = nil
-  end
-  redis.call('ZADD', expiry, now + ttl, conn)
-  if not prev then
-    redis.call('HSET', conns, conn, id)
-    redis.call('HINCRBY', counts, id, 1)
-  end
-  local known = redis.call('HGET', members, id)
-  if not known then
-    redis.call('HSET', members, id, nick)
-    publish('join', id, nick)
-  elseif known ~= nick then
-    redis.call('HSET', members, id, nick)
-    publish('rename', id, nick, known)
-  end
-  -- Should every instance die, the keys go by themselves.
-  local keep = ttl * 2 + 10000
-  for _, key in ipairs(KEYS) do
-    if redis.call('PTTL', key) < keep then redis.call('PEXPIRE', key, keep) end
-  end
-elseif op == 'leave' then
-  remove(ARGV[4])
-elseif op == 'rename' then
-  local id, nick = ARGV[4], ARGV[5]
-  local old = redis.call('HGET', members, id)
-  if old and old ~= nick then
-    redis.call('HSET', members, id, nick)
-    publish('rename', id, nick, old)
-  end
-  return {}
-elseif op == 'sweep' then
-  sweep()
-  return {}
-else
-  sweep()
-end
-return redis.call('HGETALL', members)
-`;
-
-/** A Lua script and the SHA-1 that `EVALSHA` names it by. */
-interface Script {
-  lua: string;
-  sha: string;
-}
-
 interface Scripts {
   append: Script;
   read: Script;
+  history: Script;
   presence: Script;
 }
 
-async function script(lua: string): Promise<Script> {
-  const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(lua));
-  const sha = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-  return { lua, sha };
-}
-
-/** What a message keeps in its stream entry besides id, epoch and bytes. */
-interface Header {
-  ts: number;
-  from: Member | null;
-  sender?: string;
-  cid?: string;
-  text?: string;
-  name?: string;
-  mime?: string;
-  size?: number;
-}
-
 type Listener = (event: EngineEvent) => void;
+
+/** A channel message waiting in a feed. */
+interface Queued extends Incoming {
+  /** The feed's `reads` when it arrived: a snapshot read after that includes it. */
+  read: number;
+}
+
+/** A `join()` waiting until its room's feed has told listeners about it. */
+interface Waiter {
+  stamp: PresenceStamp;
+  done(reached: boolean): void;
+}
 
 /** One room's subscription on this instance. */
 interface Feed {
@@ -293,82 +156,25 @@ interface Feed {
   ready: boolean;
   /** Deliver nothing until the stream was read after `lastId`. */
   stale: boolean;
-  /** Events from the channel, not yet delivered. */
-  queue: EngineEvent[];
+  /** Members as told to listeners; set once `ready`. */
+  view?: PresenceView;
+  /** Presence snapshots started; a channel message is in every one started after it came. */
+  reads: number;
+  /** The snapshot (by `reads`) the view was last brought to. */
+  covered: number;
+  /** Presence as the last sweep saw it: its events must have come by the next one. */
+  swept?: PresenceStamp;
+  waiters: Set<Waiter>;
+  /** Channel messages, not yet delivered. */
+  queue: Queued[];
   pumping: boolean;
   active: Promise<void>;
 }
 
-const decoder = new TextDecoder();
-
-function sizeOf(text: string | undefined, kept: number): number {
-  return (text?.length ?? 0) * 2 + kept + 128;
-}
-
-function toBuffer(data: Uint8Array): Buffer {
-  return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-}
-
-function message(room: string, epoch: string, id: number, header: Header): StoredMessage {
-  const m: StoredMessage = {
-    room,
-    epoch,
-    id,
-    ts: header.ts,
-    from: header.from ?? null,
-    sender: header.sender,
-    cid: header.cid,
-  };
-  if (header.text !== undefined) {
-    m.text = header.text;
-  } else {
-    m.name = header.name;
-    m.mime = header.mime;
-    m.size = header.size;
-  }
-  return m;
-}
-
-/** Parses a stream entry, `[id, [field, value, ...]]`, read as buffers. */
-function parseEntry(room: string, epoch: string, entry: unknown): StoredMessage {
-  const [rawId, fields] = entry as [Buffer, Buffer[]];
-  let header: Header | undefined;
-  let data: Uint8Array | undefined;
-  for (let i = 0; i < fields.length; i += 2) {
-    const name = fields[i].toString();
-    if (name === "h") header = JSON.parse(decoder.decode(fields[i + 1]));
-    else if (name === "d") data = new Uint8Array(fields[i + 1]);
-  }
-  if (!header) throw new TypeError(`Cannot read stream entry ${rawId}: it has no header`);
-  const m = message(room, epoch, parseInt(rawId.toString(), 10), header);
-  if (data && m.text === undefined) m.data = data;
-  return m;
-}
-
-/** Parses a channel message: `M<id> <epoch>\n<header>\n<bytes>` or `P<event JSON>`. */
-function parseEvent(room: string, payload: Buffer): EngineEvent {
-  if (payload[0] === 0x50 /* P */) {
-    const event = JSON.parse(decoder.decode(payload.subarray(1)));
-    if (event.type === "rename") {
-      return {
-        type: "rename",
-        member: { id: event.member.id, nick: event.member.nick },
-        old: event.old,
-      };
-    }
-    return { type: event.type, member: { id: event.member.id, nick: event.member.nick } };
-  }
-  if (payload[0] !== 0x4d /* M */) {
-    throw new SyntaxError(`Cannot parse channel message: it starts with byte ${payload[0]}`);
-  }
-  const first = payload.indexOf(0x0a);
-  const second = payload.indexOf(0x0a, first + 1);
-  if (first < 0 || second < 0) throw new SyntaxError("Cannot parse channel message: no header");
-  const [id, epoch] = decoder.decode(payload.subarray(1, first)).split(" ");
-  const header: Header = JSON.parse(decoder.decode(payload.subarray(first + 1, second)));
-  const m = message(room, epoch, parseInt(id, 10), header);
-  if (m.text === undefined) m.data = new Uint8Array(payload.subarray(second + 1));
-  return { type: "message", message: m };
+/** This instance's own presence entry, to put back when Redis lost it. */
+interface LocalEntry {
+  member: Member;
+  expires: number;
 }
 
 /** How long a closing socket may take before it is destroyed. */
@@ -401,11 +207,9 @@ async function shut(client: Redis): Promise<void> {
   await done;
 }
 
-function pairs(flat: unknown): Member[] {
-  const list = flat as string[];
-  const members: Member[] = [];
-  for (let i = 0; i + 1 < list.length; i += 2) members.push({ id: list[i], nick: list[i + 1] });
-  return members;
+function stampOf(reply: unknown): PresenceStamp {
+  const [inc, ver] = reply as [string, string];
+  return { inc: String(inc), ver: Number(ver) };
 }
 
 /** Keeps rooms in Redis, shared by every instance on the same Redis and prefix. */
@@ -414,6 +218,9 @@ export class RedisEngine implements Engine {
   #log: Logger;
   #now: () => number;
   #prefix: string;
+  #commandTimeoutMs: number;
+  /** How long members stay after the presence keys were lost, while instances put theirs back. */
+  #graceMs: number;
   /** Commands. */
   #redis: Redis;
   /** Pub/sub only. */
@@ -421,6 +228,8 @@ export class RedisEngine implements Engine {
   #scripts: Scripts;
   #feeds = new Map<string, Feed>();
   #byChannel = new Map<string, Feed>();
+  /** Presence entries of this instance's connections, by room and connection. */
+  #local = new Map<string, Map<string, LocalEntry>>();
   /** The subscriber is connected and subscribed to every feed's channel. */
   #subActive = false;
   /** Subscriptions waiting for the subscriber to come back. */
@@ -441,7 +250,10 @@ export class RedisEngine implements Engine {
     this.#now = options.now ?? Date.now;
     this.#prefix = options.keyPrefix ?? "parley:";
     this.#scripts = scripts;
+    this.#commandTimeoutMs = options.commandTimeoutMs ?? 2000;
     const maxRetryMs = options.maxRetryMs ?? 1000;
+    // Every instance notices lost keys within a sweep, or when it reconnects.
+    this.#graceMs = 2 * (options.sweepMs ?? 2000) + maxRetryMs;
     const common = {
       lazyConnect: true,
       protocol: 2 as const,
@@ -449,8 +261,8 @@ export class RedisEngine implements Engine {
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
       autoResubscribe: false,
-      commandTimeout: options.commandTimeoutMs ?? 2000,
-      connectTimeout: options.commandTimeoutMs ?? 2000,
+      commandTimeout: this.#commandTimeoutMs,
+      connectTimeout: this.#commandTimeoutMs,
       disconnectTimeout: DISCONNECT_MS,
       retryStrategy: (attempt: number) =>
         Math.min(maxRetryMs, 50 * 2 ** Math.min(attempt, 10)) + Math.floor(Math.random() * 50),
@@ -476,7 +288,7 @@ export class RedisEngine implements Engine {
     this.#sub.on("close", () => {
       this.#subActive = false;
       this.#generation++;
-      for (const feed of this.#feeds.values()) feed.stale = true;
+      for (const feed of this.#feeds.values()) this.#markStale(feed);
     });
     this.#sub.on("ready", () => this.#resubscribe());
     this.#sub.on("messageBuffer", (channel: Buffer, payload: Buffer) => {
@@ -496,6 +308,7 @@ export class RedisEngine implements Engine {
     const scripts = {
       append: await script(APPEND_LUA),
       read: await script(READ_LUA),
+      history: await script(HISTORY_LUA),
       presence: await script(PRESENCE_LUA),
     };
     const engine = new RedisEngine(options, logger, scripts);
@@ -555,44 +368,60 @@ export class RedisEngine implements Engine {
 
   async append(room: string, draft: MessageDraft): Promise<AppendResult> {
     const ts = this.#now();
-    const isText = draft.text !== undefined;
-    const data = isText ? undefined : draft.data ?? new Uint8Array(0);
-    const kept = data !== undefined && data.byteLength <= this.#options.historyFileBytes;
-    const header: Header = {
-      ts,
-      from: draft.from,
-      sender: draft.sender,
-      cid: draft.cid,
-    };
-    if (isText) {
+    const header: Header = { ts, from: draft.from, sender: draft.sender, cid: draft.cid };
+    if (draft.replyTo !== undefined) header.replyTo = draft.replyTo;
+    let data: Uint8Array | undefined;
+    let kind: string;
+    if (draft.kind !== undefined) {
+      header.kind = draft.kind;
+      header.target = draft.target;
+      if (draft.kind === "edit") header.text = draft.text ?? "";
+      kind = draft.kind === "edit" ? "e" : "x";
+    } else if (draft.text !== undefined) {
       header.text = draft.text;
+      kind = "t";
     } else {
+      data = draft.data ?? new Uint8Array(0);
       header.name = draft.name ?? "file";
       header.mime = draft.mime ?? "application/octet-stream";
-      header.size = data!.byteLength;
+      header.size = data.byteLength;
+      kind = data.byteLength <= this.#options.historyFileBytes ? "f" : "F";
     }
     const field = draft.sender !== undefined && draft.cid !== undefined
       ? `${draft.sender}\0${draft.cid}`
       : "";
+    const target = draft.kind !== undefined && Number.isSafeInteger(draft.target) &&
+        draft.target! > 0
+      ? String(draft.target)
+      : "";
     const reply = await this.#eval(
       this.#scripts.append,
-      [this.#key(room, "meta"), this.#key(room, "log"), this.#key(room, "dedup")],
+      [
+        this.#key(room, "meta"),
+        this.#key(room, "log"),
+        this.#key(room, "dedup"),
+        this.#key(room, "patches"),
+        this.#key(room, "edits"),
+      ],
       [
         newEpoch(),
         field,
         JSON.stringify(header),
         data ? toBuffer(data) : "",
-        isText ? "t" : kept ? "f" : "F",
-        sizeOf(draft.text, kept ? data!.byteLength : 0),
+        kind,
+        sizeOf(header.text, kind === "f" ? data!.byteLength : 0),
         this.#options.historySize,
         this.#options.historyBytes,
         this.#channel(room),
+        target,
+        kind === "e" ? JSON.stringify({ text: header.text, edited: ts }) : "",
       ],
       true,
-    ) as [Buffer, Buffer, unknown];
+    ) as [Buffer, Buffer, unknown, Buffer?];
     const epoch = reply[1].toString();
     if (reply[0].toString() === "dup") {
-      return { message: parseEntry(room, epoch, reply[2]), duplicate: true };
+      const patch = reply[3]?.toString() ?? "";
+      return { message: parseEntry(room, epoch, reply[2], patch), duplicate: true };
     }
     const stored = message(room, epoch, parseInt((reply[2] as Buffer).toString(), 10), header);
     if (data) stored.data = data;
@@ -602,13 +431,13 @@ export class RedisEngine implements Engine {
   async read(room: string, after: Position | undefined, limit: number): Promise<ReadResult> {
     const reply = await this.#eval(
       this.#scripts.read,
-      [this.#key(room, "meta"), this.#key(room, "log")],
+      [this.#key(room, "meta"), this.#key(room, "log"), this.#key(room, "patches")],
       [newEpoch(), after?.epoch ?? "", after?.id ?? 0, Math.max(0, Math.floor(limit))],
       true,
-    ) as [Buffer, Buffer, Buffer, unknown[]];
+    ) as [Buffer, Buffer, Buffer, unknown[], unknown[]];
     const epoch = reply[0].toString();
     const flag = reply[2].toString();
-    const messages = reply[3].map((entry) => parseEntry(room, epoch, entry));
+    const messages = parseEntries(room, epoch, reply[3], reply[4]);
     if (flag !== "1") messages.reverse();
     return {
       epoch,
@@ -616,6 +445,25 @@ export class RedisEngine implements Engine {
       recovered: flag === "1" ? true : flag === "0" ? false : null,
       messages,
     };
+  }
+
+  async history(room: string, before: number, limit: number): Promise<HistoryPage> {
+    const last = Number.isNaN(before) ? 0 : Math.min(Math.floor(before), Number.MAX_SAFE_INTEGER);
+    const reply = await this.#eval(
+      this.#scripts.history,
+      [this.#key(room, "meta"), this.#key(room, "log"), this.#key(room, "patches")],
+      [newEpoch(), Math.max(0, last), Math.max(0, Math.floor(limit))],
+      true,
+    ) as [Buffer, Buffer, unknown[], unknown[]];
+    const epoch = reply[0].toString();
+    const messages = parseEntries(room, epoch, reply[2], reply[3]).reverse();
+    return { epoch, messages, more: reply[1].toString() === "1" };
+  }
+
+  async signal(room: string, event: Signal): Promise<void> {
+    const { id, nick } = event.member;
+    const payload = JSON.stringify({ type: event.type, member: { id, nick } });
+    await this.#redis.publish(this.#channel(room), `T${payload}`);
   }
 
   async subscribe(room: string, listener: Listener): Promise<Unsubscribe> {
@@ -630,6 +478,9 @@ export class RedisEngine implements Engine {
         lastId: 0,
         ready: false,
         stale: false,
+        reads: 0,
+        covered: 0,
+        waiters: new Set(),
         queue: [],
         pumping: false,
         active: Promise.resolve(),
@@ -658,11 +509,12 @@ export class RedisEngine implements Engine {
 
   /**
    * Subscribes a new feed, then takes the room's head as where delivery
-   * starts. Waits for a reconnecting subscriber up to the command timeout, so
-   * a short blip delays a join instead of failing it.
+   * starts and its members as what listeners know. Waits for a reconnecting
+   * subscriber up to the command timeout, so a short blip delays a join
+   * instead of failing it.
    */
   async #activate(feed: Feed) {
-    const deadline = Date.now() + (this.#options.commandTimeoutMs ?? 2000);
+    const deadline = Date.now() + this.#commandTimeoutMs;
     while (true) {
       try {
         await this.#whenActive(deadline - Date.now());
@@ -674,9 +526,15 @@ export class RedisEngine implements Engine {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     }
-    const { epoch, head } = await this.read(feed.room, undefined, 0);
+    const read = ++feed.reads;
+    const [{ epoch, head }, snapshot] = await Promise.all([
+      this.read(feed.room, undefined, 0),
+      this.#snapshot(feed.room),
+    ]);
     feed.epoch = epoch;
     feed.lastId = head;
+    feed.view = new PresenceView(snapshot);
+    feed.covered = read;
     feed.ready = true;
     this.#pump(feed);
   }
@@ -686,16 +544,22 @@ export class RedisEngine implements Engine {
     this.#feeds.delete(feed.room);
     this.#byChannel.delete(feed.channel);
     feed.queue = [];
+    for (const waiter of [...feed.waiters]) waiter.done(false);
     if (this.#sub.status === "ready" && !this.#closed) {
       this.#sub.unsubscribe(feed.channel).catch(() => {});
     }
+  }
+
+  #markStale(feed: Feed) {
+    feed.stale = true;
+    if (feed.view) feed.view.stale = true;
   }
 
   /** After the subscriber reconnected: subscribe again, then fill every feed's gap. */
   async #resubscribe() {
     if (this.#closed) return;
     const feeds = [...this.#feeds.values()];
-    for (const feed of feeds) feed.stale = true;
+    for (const feed of feeds) this.#markStale(feed);
     try {
       if (feeds.length > 0) await this.#sub.subscribe(...feeds.map((f) => f.channel));
     } catch (error) {
@@ -732,7 +596,7 @@ export class RedisEngine implements Engine {
     const feed = this.#byChannel.get(channel);
     if (!feed) return;
     try {
-      feed.queue.push(parseEvent(feed.room, payload));
+      feed.queue.push({ ...parseEvent(feed.room, payload), read: feed.reads });
     } catch (error) {
       this.#log.error("redis_bad_event", { room: feed.room, error: String(error) });
       return;
@@ -740,7 +604,10 @@ export class RedisEngine implements Engine {
     this.#pump(feed);
   }
 
-  /** Delivers queued events in order; a gap is filled from the stream first. */
+  /**
+   * Delivers queued events in order; a gap is filled from the stream first,
+   * and presence read again when events were missed.
+   */
   #pump(feed: Feed) {
     if (feed.pumping || !feed.ready || !this.#subActive || this.#closed) return;
     feed.pumping = true;
@@ -753,19 +620,30 @@ export class RedisEngine implements Engine {
             await this.#catchUp(feed);
             continue;
           }
-          const event = feed.queue.shift();
-          if (!event) break;
+          if (feed.view!.stale) {
+            await this.#resyncPresence(feed);
+            continue;
+          }
+          const item = feed.queue.shift();
+          if (!item) break;
+          const { event } = item;
           if (event.type === "message") {
             const m = event.message;
             if (m.epoch === feed.epoch && m.id <= feed.lastId) continue;
             if (m.epoch !== feed.epoch || m.id !== feed.lastId + 1) {
-              feed.queue.unshift(event);
+              feed.queue.unshift(item);
               feed.stale = true;
               continue;
             }
             feed.lastId = m.id;
+            this.#emit(feed, event);
+          } else if (event.type === "typing") {
+            this.#emit(feed, event);
+          } else if (item.read >= feed.covered) {
+            const told = feed.view!.apply(event, item.stamp);
+            if (told) this.#emit(feed, told);
+            this.#settle(feed);
           }
-          this.#emit(feed, event);
         }
       } finally {
         feed.pumping = false;
@@ -776,13 +654,19 @@ export class RedisEngine implements Engine {
     });
   }
 
+  /** Whether a read started at `generation` may still be used for `feed`. */
+  #current(feed: Feed, generation: number): boolean {
+    return this.#feeds.get(feed.room) === feed && generation === this.#generation &&
+      !this.#closed;
+  }
+
   /** Delivers what the room's stream holds after the last delivered message. */
   async #catchUp(feed: Feed) {
     const { historySize } = this.#options;
     const generation = this.#generation;
     const result = await this.read(feed.room, { epoch: feed.epoch, id: feed.lastId }, historySize);
     // Read before the subscriber came back: what came between may be missing.
-    if (this.#feeds.get(feed.room) !== feed || generation !== this.#generation) return;
+    if (!this.#current(feed, generation)) return;
     if (result.recovered === false) {
       this.#log.warn("redis_feed_gap", {
         room: feed.room,
@@ -800,7 +684,74 @@ export class RedisEngine implements Engine {
       if (!sameEpoch || m.id > lastId) this.#emit(feed, { type: "message", message: m });
     }
     // Messages of an epoch that is gone can never be delivered in order.
-    feed.queue = feed.queue.filter((e) => e.type !== "message" || e.message.epoch === feed.epoch);
+    feed.queue = feed.queue.filter(({ event }) =>
+      event.type !== "message" || event.message.epoch === feed.epoch
+    );
+  }
+
+  /**
+   * Reads the room's members and tells listeners the difference. When the
+   * presence keys were lost, first puts this instance's entries back, and
+   * keeps the members it cannot see yet for a grace period.
+   */
+  async #resyncPresence(feed: Feed) {
+    const generation = this.#generation;
+    const view = feed.view!;
+    let read = ++feed.reads;
+    let snapshot = await this.#snapshot(feed.room);
+    if (!this.#current(feed, generation)) return;
+    if (view.lost(snapshot)) {
+      if (view.size > 0) this.#log.warn("redis_presence_lost", { room: feed.room });
+      view.suspectAll(this.#now() + this.#graceMs);
+      await this.#restore(feed.room);
+      read = ++feed.reads;
+      snapshot = await this.#snapshot(feed.room);
+      if (!this.#current(feed, generation)) return;
+    }
+    feed.covered = read;
+    for (const event of view.resync(snapshot, this.#now())) this.#emit(feed, event);
+    this.#settle(feed);
+  }
+
+  /** Puts back this instance's live presence entries of a room. */
+  async #restore(room: string) {
+    const entries = this.#local.get(room);
+    if (!entries) return;
+    const now = this.#now();
+    const calls: Promise<unknown>[] = [];
+    for (const [conn, { member, expires }] of entries) {
+      if (expires <= now) {
+        entries.delete(conn);
+        continue;
+      }
+      calls.push(this.#presence(room, "refresh", [conn, member.id, member.nick, expires - now]));
+    }
+    if (entries.size === 0) this.#local.delete(room);
+    await Promise.all(calls);
+  }
+
+  /** Resolves the `join()` calls whose change the feed's listeners now know. */
+  #settle(feed: Feed) {
+    for (const waiter of [...feed.waiters]) {
+      if (feed.view!.reached(waiter.stamp)) waiter.done(true);
+    }
+  }
+
+  /** Waits until the feed's listeners know of the change stamped `stamp`; false on timeout. */
+  #caughtUp(feed: Feed, stamp: PresenceStamp): Promise<boolean> {
+    if (feed.view!.reached(stamp)) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiter: Waiter = {
+        stamp,
+        done: (reached) => {
+          clearTimeout(timer);
+          feed.waiters.delete(waiter);
+          resolve(reached);
+        },
+      };
+      const timer = setTimeout(() => waiter.done(false), this.#commandTimeoutMs);
+      feed.waiters.add(waiter);
+    });
   }
 
   #emit(feed: Feed, event: EngineEvent) {
@@ -816,42 +767,103 @@ export class RedisEngine implements Engine {
   #tick() {
     if (this.#closed || this.#redis.status !== "ready") return;
     for (const feed of this.#feeds.values()) {
-      if (feed.stale) this.#pump(feed);
-      this.#presence(feed.room, "sweep", []).catch((error) =>
-        this.#log.debug("redis_sweep_failed", { room: feed.room, error: String(error) })
-      );
+      if (!feed.ready) continue;
+      if (feed.stale || feed.view!.stale) this.#pump(feed);
+      this.#presence(feed.room, "sweep", []).then((reply) => this.#check(feed, stampOf(reply)))
+        .catch((error) =>
+          this.#log.debug("redis_sweep_failed", { room: feed.room, error: String(error) })
+        );
     }
   }
 
-  async #presence(room: string, op: string, args: (string | number)[]): Promise<Member[]> {
-    const reply = await this.#eval(
+  /**
+   * After a sweep: reads the members again when the keys changed under the
+   * feed (flushed, expired), when events the previous sweep saw never came,
+   * or when a suspect is due.
+   */
+  #check(feed: Feed, stamp: PresenceStamp) {
+    if (this.#feeds.get(feed.room) !== feed || this.#closed) return;
+    const view = feed.view!;
+    const swept = feed.swept;
+    feed.swept = stamp;
+    const missed = swept !== undefined && swept.inc === view.inc && view.ver < swept.ver;
+    if (stamp.inc !== view.inc || missed || view.nextDeadline() <= this.#now()) {
+      view.stale = true;
+      this.#pump(feed);
+    }
+  }
+
+  async #presence(room: string, op: string, args: (string | number)[]): Promise<unknown> {
+    return await this.#eval(
       this.#scripts.presence,
       [
         this.#key(room, "expiry"),
         this.#key(room, "conns"),
         this.#key(room, "members"),
         this.#key(room, "counts"),
+        this.#key(room, "presence"),
       ],
-      [op, this.#channel(room), this.#now(), ...args],
+      [op, this.#channel(room), this.#now(), newEpoch(), ...args],
       false,
     );
-    return pairs(reply);
   }
 
-  join(room: string, conn: string, member: Member, ttlMs: number): Promise<Member[]> {
-    return this.#presence(room, "join", [conn, member.id, member.nick, Math.max(0, ttlMs)]);
+  async #snapshot(room: string): Promise<PresenceSnapshot> {
+    const reply = await this.#presence(room, "members", []) as unknown[];
+    return { ...stampOf(reply), members: pairs(reply[2]) };
+  }
+
+  #remember(room: string, conn: string, member: Member, ttlMs: number) {
+    let entries = this.#local.get(room);
+    if (!entries) this.#local.set(room, entries = new Map());
+    entries.set(conn, {
+      member: { id: member.id, nick: member.nick },
+      expires: this.#now() + ttlMs,
+    });
+  }
+
+  async join(room: string, conn: string, member: Member, ttlMs: number): Promise<Member[]> {
+    const ttl = Math.max(0, ttlMs);
+    this.#remember(room, conn, member, ttl);
+    const feed = this.#feeds.get(room);
+    const following = feed?.ready === true;
+    const reply = await this.#presence(room, "join", [
+      conn,
+      member.id,
+      member.nick,
+      ttl,
+      following ? "0" : "1",
+    ]) as unknown[];
+    if (!following) return pairs(reply[2]);
+    // Answer with what this room's listeners were told once they know of this
+    // join, so the caller's list and the events after it fit together.
+    if (this.#feeds.get(room) === feed && await this.#caughtUp(feed!, stampOf(reply))) {
+      return feed!.view!.members();
+    }
+    return await this.members(room);
+  }
+
+  async refresh(room: string, conn: string, member: Member, ttlMs: number): Promise<void> {
+    const ttl = Math.max(0, ttlMs);
+    this.#remember(room, conn, member, ttl);
+    await this.#presence(room, "refresh", [conn, member.id, member.nick, ttl]);
   }
 
   async leave(room: string, conn: string): Promise<void> {
+    const entries = this.#local.get(room);
+    if (entries?.delete(conn) && entries.size === 0) this.#local.delete(room);
     await this.#presence(room, "leave", [conn]);
   }
 
   async rename(room: string, memberId: string, nick: string): Promise<void> {
+    for (const entry of this.#local.get(room)?.values() ?? []) {
+      if (entry.member.id === memberId) entry.member = { id: memberId, nick };
+    }
     await this.#presence(room, "rename", [memberId, nick]);
   }
 
-  members(room: string): Promise<Member[]> {
-    return this.#presence(room, "members", []);
+  async members(room: string): Promise<Member[]> {
+    return (await this.#snapshot(room)).members;
   }
 
   async ready(): Promise<boolean> {
@@ -868,9 +880,13 @@ export class RedisEngine implements Engine {
     this.#closed = true;
     clearInterval(this.#timer);
     for (const wake of [...this.#waiters]) wake();
-    for (const feed of this.#feeds.values()) feed.listeners.clear();
+    for (const feed of this.#feeds.values()) {
+      feed.listeners.clear();
+      for (const waiter of [...feed.waiters]) waiter.done(false);
+    }
     this.#feeds.clear();
     this.#byChannel.clear();
+    this.#local.clear();
     await Promise.all([this.#redis, this.#sub].map(shut));
   }
 }
