@@ -4,32 +4,57 @@
  * resumable history, exactly-once resends and files.
  *
  * User content reaches the DOM only through `textContent` and safe attributes.
+ * What the page does with edits, deletes, replies, typing and scroll-back
+ * without the DOM lives in `lifecycle.js`, `typing.js` and `scrollback.js`.
  *
  * @module
  */
 
-/** @typedef {{ id: string, nick: string }} Member */
+import { applyChange, ChangeMemory, quoteOf, readChange, refusal } from "./lifecycle.js";
+import { ANSWER_TIMEOUT_MS, readHistoryPage, ScrollBack } from "./scrollback.js";
+import { describeTyping, Throttle, TypingList } from "./typing.js";
+import { codePoints, isId, isObject, readMember } from "./wire.js";
+
+/** @typedef {import("./wire.js").Member} Member */
 /** @typedef {ReturnType<typeof setTimeout>} Timer */
 /**
  * A file as shown in the list. `url` is a blob: URL owned by the entry.
+ * `unloaded` marks a file from a scroll-back page, which brings no bytes.
  * @typedef {{ name: string, mime: string, size: number, omitted?: boolean, url?: string,
- *   gone?: boolean, missing?: boolean }} FileInfo
+ *   gone?: boolean, missing?: boolean, unloaded?: boolean }} FileInfo
  */
 /**
- * A message of the room, text or file, in server order.
+ * A message of the room, text or file, in server order. `edited` is the time
+ * of its latest edit; a deleted one keeps neither text nor file.
  * @typedef {{ key: string, id: number, epoch: string, ts: number, from: Member | null,
- *   cid: string, text?: string, file?: FileInfo, stray?: boolean }} Entry
+ *   cid: string, text?: string, file?: FileInfo, stray?: boolean, replyTo?: number,
+ *   edited?: number, deleted?: boolean }} Entry
  */
 /**
- * A message of ours that the server has not acked yet.
+ * A message of ours that the server has not acked yet. `reply` is the message
+ * it answers, in the epoch it was chosen in.
  * @typedef {{ cid: string, ts: number, text?: string,
  *   file?: { name: string, mime: string, size: number, data: ArrayBuffer, url: string },
+ *   reply?: { id: number, epoch: string },
  *   sentOn: WebSocket | null, attempts: number, failed?: string }} Outgoing
  */
 /**
- * Everything the page knows about one room.
- * @typedef {{ name: string, epoch: string | null, lastId: number, entries: Entry[],
- *   keys: Map<string, Entry>, outbox: Outgoing[], saveTimer: Timer | undefined }} RoomState
+ * An edit or delete of ours in flight. Once acked (`acked` holds the id of
+ * its entry) it stays until that entry arrives, so the old text never flashes.
+ * @typedef {{ cid: string, kind: "edit" | "delete", target: number, epoch: string,
+ *   text?: string, sentOn: WebSocket | null, acked?: number }} PendingChange
+ */
+/**
+ * Everything the page knows about one room. `head` is the newest id the
+ * welcome named; `late` holds changes to messages not loaded.
+ * @typedef {{ name: string, epoch: string | null, lastId: number, head: number,
+ *   entries: Entry[], keys: Map<string, Entry>, outbox: Outgoing[],
+ *   changes: PendingChange[], older: ScrollBack, late: ChangeMemory,
+ *   saveTimer: Timer | undefined }} RoomState
+ */
+/**
+ * What the message box is for besides a new message.
+ * @typedef {{ kind: "reply", key: string } | { kind: "edit", key: string, draft: string }} ComposeMode
  */
 /**
  * A `file` envelope whose binary frame has not arrived yet. `entry` is null when
@@ -60,6 +85,14 @@ const MEMORY_ENTRIES = 1000;
 const STORED_ENTRIES = 200;
 const STATE_WORDS = ["connecting", "open", "closing", "closed"];
 const RECOVERY_NOTICE = "Could not resume: some messages may be missing.";
+/** Typing signals sent at most this often while someone types on. */
+const TYPING_EVERY_MS = 3_000;
+/** The server drops a connection's typing signals closer together than this. */
+const SERVER_TYPING_INTERVAL_MS = 2_000;
+/** How long an indicator lasts when the server does not say. */
+const DEFAULT_TYPING_TTL_MS = 6_000;
+/** Error codes after which the same envelope may succeed later (older servers omit `retry`). */
+const TRANSIENT_ERRORS = new Set(["rate_limited", "unavailable"]);
 
 // ---------------------------------------------------------------- DOM
 
@@ -87,8 +120,16 @@ const ui = {
   noticeText: byId("notice-text", HTMLElement),
   noticeClose: byId("notice-close", HTMLButtonElement),
   messages: byId("messages", HTMLOListElement),
+  historyEdge: byId("history-edge", HTMLLIElement),
+  loadOlder: byId("load-older", HTMLButtonElement),
+  historyStart: byId("history-start", HTMLElement),
+  typing: byId("typing", HTMLElement),
+  composeContext: byId("compose-context", HTMLElement),
+  composeContextText: byId("compose-context-text", HTMLElement),
+  composeCancel: byId("compose-cancel", HTMLButtonElement),
   compose: byId("compose", HTMLFormElement),
   text: byId("text", HTMLTextAreaElement),
+  send: byId("send", HTMLButtonElement),
   file: byId("file", HTMLInputElement),
   membersPanel: byId("members-panel", HTMLElement),
   membersToggle: byId("members-toggle", HTMLButtonElement),
@@ -234,7 +275,17 @@ const state = {
   stopped: false,
   reconnectWhenVisible: false,
   strayCount: 0,
+  /** @type {ComposeMode | null} */
+  compose: null,
+  /** @type {number | null} The longest text the server takes, from `welcome`. */
+  maxText: null,
+  typingTtl: DEFAULT_TYPING_TTL_MS,
 };
+
+const typists = new TypingList(() => {
+  ui.typing.textContent = describeTyping(typists.members);
+});
+const typingSignal = new Throttle(TYPING_EVERY_MS);
 
 /**
  * @param {string} name
@@ -267,9 +318,13 @@ function restoreRoom(name) {
     name,
     epoch: null,
     lastId: 0,
+    head: 0,
     entries: [],
     keys: new Map(),
     outbox: [],
+    changes: [],
+    older: new ScrollBack(),
+    late: new ChangeMemory(),
     saveTimer: undefined,
   };
   try {
@@ -310,6 +365,9 @@ function saveRoom(room) {
     from: e.from,
     cid: e.cid,
     text: e.text,
+    reply_to: e.replyTo,
+    edited: e.edited,
+    deleted: e.deleted,
     file: e.file && {
       name: e.file.name,
       mime: e.file.mime,
@@ -326,25 +384,6 @@ function saveAll() {
 }
 
 // ---------------------------------------------------------------- envelopes
-
-/**
- * @param {unknown} value
- * @returns {value is Record<string, unknown>}
- */
-function isObject(value) {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-/**
- * @param {unknown} value
- * @returns {Member | null}
- */
-function readMember(value) {
-  if (!isObject(value) || typeof value.id !== "string" || typeof value.nick !== "string") {
-    return null;
-  }
-  return { id: value.id, nick: value.nick };
-}
 
 /**
  * Reads a `message` or `file` envelope (or a stored entry) into an entry.
@@ -369,8 +408,14 @@ function readEntry(value, epoch) {
     from: readMember(value.from),
     cid: typeof value.cid === "string" ? value.cid : "",
   };
+  if (isId(value.reply_to)) entry.replyTo = value.reply_to;
+  if (value.deleted === true) {
+    entry.deleted = true;
+    return entry;
+  }
   if (typeof value.text === "string") {
     entry.text = value.text;
+    if (typeof value.edited === "number") entry.edited = value.edited;
     return entry;
   }
   const file = isObject(value.file) ? value.file : value;
@@ -431,9 +476,16 @@ function part(li, selector) {
  * Fills the body of a message with its text or its file.
  *
  * @param {HTMLElement} body
- * @param {{ text?: string, file?: FileInfo }} content
+ * @param {{ text?: string, file?: FileInfo, deleted?: boolean }} content
  */
 function fillBody(body, content) {
+  if (content.deleted) {
+    const note = document.createElement("span");
+    note.className = "tombstone";
+    note.textContent = "message deleted";
+    body.append(note);
+    return;
+  }
   if (content.text !== undefined) {
     body.textContent = content.text;
     return;
@@ -458,7 +510,9 @@ function fillBody(body, content) {
   }
   const note = document.createElement("span");
   note.className = "file-note";
-  if (file.omitted) note.textContent = `${file.name}: file too large for history`;
+  const size = formatSize(file.size);
+  if (file.unloaded) note.textContent = `${file.name} (${size}): file (not loaded)`;
+  else if (file.omitted) note.textContent = `${file.name}: file too large for history`;
   else if (file.gone) note.textContent = `${file.name}: file not kept after reload`;
   else if (file.missing) note.textContent = `${file.name}: file contents did not arrive`;
   else note.textContent = `${file.name}: receiving…`;
@@ -487,8 +541,87 @@ function renderEntry(entry) {
   time.textContent = formatTime(entry.ts);
   time.setAttribute("datetime", new Date(entry.ts).toISOString());
   time.setAttribute("title", new Date(entry.ts).toLocaleString());
-  fillBody(part(li, ".body"), entry);
+  if (entry.deleted) li.classList.add("deleted");
+  const room = currentRoom();
+  const change = pendingChangeOf(room, entry);
+  if (entry.edited !== undefined) {
+    const mark = part(li, ".edited");
+    mark.hidden = false;
+    mark.setAttribute("title", `edited ${new Date(entry.edited).toLocaleString()}`);
+  }
+  if (entry.replyTo !== undefined) {
+    fillQuote(part(li, ".quote"), room.keys.get(entryKey(entry.epoch, entry.replyTo)));
+  }
+  const shownText = change?.kind === "edit" && !entry.deleted ? { text: change.text } : entry;
+  fillBody(part(li, ".body"), shownText);
+  if (change) part(li, ".state").textContent = change.kind === "edit" ? "saving…" : "deleting…";
+  else if (!entry.stray && !entry.deleted) fillTools(part(li, ".tools"), entry);
   return li;
+}
+
+/**
+ * Our newest edit or delete of an entry that is still in flight.
+ *
+ * @param {RoomState} room
+ * @param {Entry} entry
+ * @returns {PendingChange | undefined}
+ */
+function pendingChangeOf(room, entry) {
+  return room.changes.findLast((c) => c.target === entry.id && c.epoch === entry.epoch);
+}
+
+/** @param {Entry} entry */
+function isOwn(entry) {
+  return entry.from !== null && state.me !== null && entry.from.id === state.me.id;
+}
+
+/**
+ * Shows what a reply answers.
+ *
+ * @param {HTMLElement} element
+ * @param {Entry | undefined} original Undefined when the page does not have it.
+ */
+function fillQuote(element, original) {
+  const quote = quoteOf(original);
+  const lead = document.createElement("span");
+  lead.className = "quote-lead";
+  lead.textContent = "In reply to ";
+  element.append(lead);
+  if (quote.from !== null) {
+    const from = document.createElement("span");
+    from.className = "quote-from";
+    from.textContent = quote.from;
+    element.append(from, ": ");
+  }
+  const text = document.createElement("span");
+  text.className = "quote-text";
+  text.textContent = quote.text;
+  element.append(text);
+  element.hidden = false;
+}
+
+/**
+ * Adds the Reply control, and Edit and Delete on our own messages. The server
+ * refuses changes to others' messages anyway; the page does not offer them.
+ *
+ * @param {HTMLElement} tools
+ * @param {Entry} entry
+ */
+function fillTools(tools, entry) {
+  /** @param {string} action @param {string} label @param {string} title */
+  const tool = (action, label, title) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "tool";
+    button.dataset.action = action;
+    button.textContent = label;
+    button.title = title;
+    tools.append(button);
+  };
+  tool("reply", "Reply", "Reply to this message");
+  if (!isOwn(entry)) return;
+  if (entry.text !== undefined) tool("edit", "Edit", "Edit your message");
+  tool("delete", "Delete", "Delete your message");
 }
 
 /**
@@ -507,6 +640,10 @@ function renderPending(item) {
   if (item.failed) {
     li.classList.add("failed");
     li.classList.remove("pending");
+  }
+  if (item.reply) {
+    const key = entryKey(item.reply.epoch, item.reply.id);
+    fillQuote(part(li, ".quote"), currentRoom().keys.get(key));
   }
   fillBody(
     part(li, ".body"),
@@ -552,9 +689,56 @@ function renderAll() {
     pendingElements.set(item.cid, li);
     items.push(li);
   }
-  ui.messages.replaceChildren(...items);
+  ui.messages.replaceChildren(ui.historyEdge, ...items);
+  renderEdge();
   stickToBottom = true;
   keepBottom();
+}
+
+/**
+ * The smallest message id the list shows in the room's epoch.
+ *
+ * @param {RoomState} room
+ * @returns {number | null}
+ */
+function oldestShown(room) {
+  for (const entry of room.entries) {
+    if (!entry.stray && entry.epoch === room.epoch) return entry.id;
+  }
+  return null;
+}
+
+/** Shows the top of the list: a button for older messages, or the start of history. */
+function renderEdge() {
+  const room = currentRoom();
+  const start = room.epoch !== null && room.older.atStart(oldestShown(room), room.head);
+  const loading = room.older.loading;
+  const label = loading ? "Loading older messages…" : "Load older messages";
+  // Called on every frame: touch the DOM only when something changes.
+  if (ui.loadOlder.hidden !== start) ui.loadOlder.hidden = start;
+  if (ui.historyStart.hidden === start) ui.historyStart.hidden = !start;
+  if (ui.loadOlder.disabled !== (loading || !state.joined)) {
+    ui.loadOlder.disabled = loading || !state.joined;
+  }
+  if (ui.loadOlder.textContent !== label) ui.loadOlder.textContent = label;
+}
+
+function renderComposer() {
+  const entry = state.compose ? currentRoom().keys.get(state.compose.key) : undefined;
+  if (!entry) state.compose = null; // its message is gone; what was typed stays
+  const mode = state.compose;
+  ui.composeContext.hidden = !entry;
+  ui.send.textContent = mode?.kind === "edit" ? "Save" : "Send";
+  ui.composeContextText.replaceChildren();
+  if (!mode || !entry) return;
+  if (mode.kind === "edit") {
+    ui.composeContextText.textContent = "Editing your message";
+    return;
+  }
+  const quote = quoteOf(entry);
+  const from = document.createElement("strong");
+  from.textContent = quote.from ?? "";
+  ui.composeContextText.append("Replying to ", from, `: ${quote.text}`);
 }
 
 function renderMembers() {
@@ -592,6 +776,7 @@ function showStatus() {
   ui.status.dataset.state = word;
   const idle = !ws || ws.readyState === WebSocket.CLOSED;
   ui.reconnect.hidden = !(idle && state.nick !== null && !state.leaving);
+  renderEdge(); // older messages can be asked for only while joined
 }
 
 /** @param {string} text */
@@ -616,21 +801,13 @@ function hideNotice() {
  */
 function addEntry(room, entry) {
   if (room.keys.has(entry.key)) return false;
-  let index = room.entries.length;
-  while (index > 0 && room.entries[index - 1].id > entry.id) index--;
-  room.entries.splice(index, 0, entry);
-  room.keys.set(entry.key, entry);
-  if (room.name === state.room) {
-    stickToBottom = atBottom();
-    const li = renderEntry(entry);
-    elements.set(entry.key, li);
-    const next = room.entries[index + 1];
-    const before = (next && elements.get(next.key)) ??
-      ui.messages.querySelector(".msg.pending, .msg.failed");
-    ui.messages.insertBefore(li, before);
-    keepBottom();
-  }
-  while (room.entries.length > MEMORY_ENTRIES) {
+  const current = room.name === state.room;
+  if (current) stickToBottom = atBottom();
+  insertEntry(room, entry);
+  if (current) keepBottom();
+  // Someone reading older messages keeps them; they go once back at the newest.
+  const cap = !current || stickToBottom ? MEMORY_ENTRIES : 4 * MEMORY_ENTRIES;
+  while (room.entries.length > cap) {
     const old = room.entries.shift();
     if (!old) break;
     room.keys.delete(old.key);
@@ -638,8 +815,53 @@ function addEntry(room, entry) {
     elements.get(old.key)?.remove();
     elements.delete(old.key);
   }
+  if (current) renderEdge();
   scheduleSave(room);
   return true;
+}
+
+/**
+ * Puts an entry into the room's list, and into the page when it is the room
+ * shown.
+ *
+ * @param {RoomState} room
+ * @param {Entry} entry
+ */
+function insertEntry(room, entry) {
+  let index = room.entries.length;
+  while (index > 0 && room.entries[index - 1].id > entry.id) index--;
+  room.entries.splice(index, 0, entry);
+  room.keys.set(entry.key, entry);
+  if (room.name !== state.room) return;
+  const li = renderEntry(entry);
+  elements.set(entry.key, li);
+  const next = room.entries[index + 1];
+  const before = (next && elements.get(next.key)) ??
+    ui.messages.querySelector(".msg.pending, .msg.failed");
+  ui.messages.insertBefore(li, before);
+}
+
+/**
+ * Redraws the replies that quote a message, after it changed or arrived.
+ *
+ * @param {RoomState} room
+ * @param {Set<string>} keys Keys of the messages quoted.
+ */
+function redrawReplies(room, keys) {
+  for (const entry of room.entries) {
+    if (entry.replyTo !== undefined && keys.has(entryKey(entry.epoch, entry.replyTo))) {
+      redrawEntry(room, entry);
+    }
+  }
+  if (room.name !== state.room) return;
+  for (const item of room.outbox) {
+    if (!item.reply || !keys.has(entryKey(item.reply.epoch, item.reply.id))) continue;
+    const old = pendingElements.get(item.cid);
+    const li = renderPending(item);
+    old?.replaceWith(li);
+    pendingElements.set(item.cid, li);
+  }
+  if (state.compose && keys.has(state.compose.key)) renderComposer();
 }
 
 /**
@@ -670,9 +892,13 @@ function resetEntries(room) {
   room.entries = [];
   room.keys.clear();
   room.lastId = 0;
+  room.older.reset();
+  room.late.clear();
   if (room.name === state.room) {
     for (const li of elements.values()) li.remove();
     elements.clear();
+    endCompose(false);
+    renderEdge();
   }
   scheduleSave(room);
 }
@@ -687,6 +913,7 @@ function resetEntries(room) {
 function markSeen(room, epoch, id) {
   if (room.epoch !== epoch) return;
   if (id > room.lastId) room.lastId = id;
+  if (id > room.head) room.head = id;
   scheduleSave(room);
 }
 
@@ -916,6 +1143,17 @@ function onEnvelope(ws, envelope) {
       return onFileEnvelope(envelope);
     case "ack":
       return onAck(envelope);
+    case "edit":
+    case "delete":
+      return onChange(envelope);
+    case "history":
+      return onHistory(envelope);
+    case "typing": {
+      const member = readMember(envelope.member);
+      if (!member || (state.me && member.id === state.me.id)) return;
+      const ttl = isId(envelope.ttl) ? envelope.ttl : state.typingTtl;
+      return typists.add(member, ttl);
+    }
     case "join": {
       const member = readMember(envelope.member);
       if (member) members.set(member.id, member);
@@ -923,13 +1161,17 @@ function onEnvelope(ws, envelope) {
     }
     case "leave": {
       const member = readMember(envelope.member);
-      if (member) members.delete(member.id);
+      if (member) {
+        members.delete(member.id);
+        typists.remove(member.id);
+      }
       return renderMembers();
     }
     case "rename": {
       const member = readMember(envelope.member);
       if (!member) return;
       members.set(member.id, member);
+      typists.rename(member);
       if (state.me && member.id === state.me.id) {
         // Every tab with our client id is the same member, so shares the nickname.
         state.me = member;
@@ -965,9 +1207,16 @@ function onWelcome(ws, envelope) {
     resetEntries(room);
   }
   room.epoch = epoch;
+  room.head = isId(envelope.head) ? envelope.head : 0;
+  room.older.cancel(); // a page asked on the old connection will not come
+  readLimits(envelope.limits);
+  typists.clear();
   if (envelope.recovered === false) showNotice(RECOVERY_NOTICE);
+  // Changes for another epoch name messages that are gone; acked ones are stored.
+  room.changes = room.changes.filter((c) => c.epoch === epoch && c.acked === undefined);
   // Own messages look different: redraw with the (maybe new) member id.
   renderAll();
+  renderComposer();
   clearTimeout(state.stableTimer);
   state.stableTimer = setTimeout(() => {
     state.attempt = 0;
@@ -975,6 +1224,14 @@ function onWelcome(ws, envelope) {
   for (const item of room.outbox) {
     if (!item.failed) transmit(ws, item);
   }
+  for (const change of room.changes) transmitChange(ws, change);
+}
+
+/** @param {unknown} limits The `limits` of `welcome`. */
+function readLimits(limits) {
+  if (!isObject(limits)) return;
+  state.maxText = isId(limits.text) ? limits.text : null;
+  state.typingTtl = isId(limits.typing) ? limits.typing : DEFAULT_TYPING_TTL_MS;
 }
 
 /** @param {Record<string, unknown>} envelope */
@@ -982,15 +1239,42 @@ function onMessage(envelope) {
   const room = currentRoom();
   const entry = readEntry(envelope);
   if (!entry) return;
+  if (entry.from) typists.remove(entry.from.id);
   takeOwn(room, entry.from, entry.cid);
   if (!addEntry(room, entry)) {
     const known = room.keys.get(entry.key);
-    if (known && known.ts !== entry.ts) {
+    if (known && (known.ts !== entry.ts || catchUp(known, entry))) {
       known.ts = entry.ts;
       redrawEntry(room, known);
+      redrawReplies(room, new Set([known.key]));
     }
   }
   markSeen(room, entry.epoch, entry.id);
+}
+
+/**
+ * Brings a message the page has up to date with a newer copy of it (sent
+ * again with its edits and deletes applied).
+ *
+ * @param {Entry} known
+ * @param {Entry} fresh
+ * @returns {boolean} Whether anything changed.
+ */
+function catchUp(known, fresh) {
+  if (known.deleted) return false;
+  if (fresh.deleted) {
+    if (known.file?.url) URL.revokeObjectURL(known.file.url);
+    delete known.text;
+    delete known.file;
+    delete known.edited;
+    known.deleted = true;
+    return true;
+  }
+  if (fresh.edited === undefined || fresh.text === undefined) return false;
+  if (known.edited !== undefined && known.edited >= fresh.edited) return false;
+  known.text = fresh.text;
+  known.edited = fresh.edited;
+  return true;
 }
 
 /** @param {Record<string, unknown>} envelope */
@@ -1004,6 +1288,7 @@ function onFileEnvelope(envelope) {
     redrawEntry(room, unfinished);
   }
   state.expectedFile = null;
+  if (entry.from) typists.remove(entry.from.id);
   const own = takeOwn(room, entry.from, entry.cid);
   if (entry.file.omitted) {
     if (own?.file) URL.revokeObjectURL(own.file.url);
@@ -1102,7 +1387,10 @@ function onAck(envelope) {
   const { cid, id, epoch } = envelope;
   if (typeof cid !== "string" || typeof id !== "number" || typeof epoch !== "string") return;
   const item = takeOutgoing(room, cid);
-  if (!item) return;
+  if (!item) {
+    onChangeAck(room, cid, id, envelope.duplicate === true);
+    return;
+  }
   const key = entryKey(epoch, id);
   if (room.keys.has(key)) {
     if (item.file) URL.revokeObjectURL(item.file.url);
@@ -1111,6 +1399,7 @@ function onAck(envelope) {
   // The ack beat the broadcast: show the message now; the broadcast dedupes.
   /** @type {Entry} */
   const entry = { key, id, epoch, ts: item.ts, from: state.me, cid };
+  if (item.reply?.epoch === epoch) entry.replyTo = item.reply.id;
   if (item.file) {
     const { name, mime, size, url } = item.file;
     entry.file = { name, mime, size, url };
@@ -1128,8 +1417,19 @@ function onError(ws, envelope) {
   const code = typeof envelope.code === "string" ? envelope.code : "error";
   const message = typeof envelope.message === "string" ? envelope.message : "";
   const cid = typeof envelope.cid === "string" ? envelope.cid : null;
+  const retry = envelope.retry === true || TRANSIENT_ERRORS.has(code);
   const room = currentRoom();
   const item = cid === null ? undefined : room.outbox.find((o) => o.cid === cid);
+  const change = cid === null ? undefined : room.changes.find((c) => c.cid === cid);
+  if (cid === null && room.older.loading) {
+    // Scroll-back requests carry no cid: an error without one may be its answer.
+    room.older.cancel();
+    renderEdge();
+  }
+  if (change) {
+    onChangeError(ws, room, change, code, message, retry);
+    return;
+  }
   if (code === "bad_nick") {
     openNickDialog(`The server refused the nickname: ${message}`);
   } else if (code === "bad_last" && !state.joined) {
@@ -1142,16 +1442,156 @@ function onError(ws, envelope) {
     ws.close(1000, "resuming afresh");
     connect();
     return;
-  } else if (item && (code === "bad_envelope" || code === "bad_file")) {
-    failOutgoing(room, item, message || code);
-  } else if (item && (code === "unavailable" || code === "rate_limited")) {
+  } else if (item && retry) {
     // Not stored, not refused: try again a little later on the same connection.
     item.sentOn = null;
     setTimeout(() => {
       if (state.ws === ws && state.joined && room.outbox.includes(item)) transmit(ws, item);
     }, RETRY_MS + Math.random() * RETRY_MS);
+  } else if (item) {
+    // Any other error is final: sending it again cannot help.
+    failOutgoing(room, item, message || code);
   }
-  showNotice(message ? `Server error (${code}): ${message}` : `Server error: ${code}`);
+  const plain = refusal(code);
+  if (plain) showNotice(plain);
+  else showNotice(message ? `Server error (${code}): ${message}` : `Server error: ${code}`);
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {RoomState} room
+ * @param {PendingChange} change
+ * @param {string} code
+ * @param {string} message
+ * @param {boolean} retry
+ */
+function onChangeError(ws, room, change, code, message, retry) {
+  if (retry) {
+    change.sentOn = null;
+    setTimeout(() => {
+      if (state.ws === ws && state.joined && room.changes.includes(change)) {
+        transmitChange(ws, change);
+      }
+    }, RETRY_MS + Math.random() * RETRY_MS);
+    return;
+  }
+  dropChange(room, change);
+  const what = change.kind === "edit" ? "edit the message" : "delete the message";
+  showNotice(refusal(code, change.kind) ?? `Cannot ${what}: ${message || code}`);
+}
+
+/**
+ * Takes an edit or delete of ours out of flight and redraws its target.
+ *
+ * @param {RoomState} room
+ * @param {PendingChange} change
+ */
+function dropChange(room, change) {
+  room.changes = room.changes.filter((c) => c !== change);
+  const target = room.keys.get(entryKey(change.epoch, change.target));
+  if (target) redrawEntry(room, target);
+}
+
+/**
+ * An edit or delete of ours is stored. Unless a resend of one stored before,
+ * its entry is on its way: the change stays shown until it arrives.
+ *
+ * @param {RoomState} room
+ * @param {string} cid
+ * @param {number} id
+ * @param {boolean} duplicate
+ */
+function onChangeAck(room, cid, id, duplicate) {
+  const change = room.changes.find((c) => c.cid === cid);
+  if (!change) return;
+  change.sentOn = null;
+  if (duplicate || id <= room.lastId) dropChange(room, change);
+  else change.acked = id;
+}
+
+/**
+ * Applies an `edit` or `delete` entry, from anyone, to its target. The entry
+ * itself is not shown.
+ *
+ * @param {Record<string, unknown>} envelope
+ */
+function onChange(envelope) {
+  const room = currentRoom();
+  const change = readChange(envelope);
+  if (!change) return;
+  markSeen(room, change.epoch, change.id);
+  if (change.from && state.me && change.from.id === state.me.id) {
+    room.changes = room.changes.filter((c) => c.cid !== change.cid);
+  }
+  // Acked changes whose entry went by unseen (a gap) are stored all the same.
+  room.changes = room.changes.filter((c) => c.acked === undefined || c.acked > room.lastId);
+  if (change.epoch !== room.epoch) return;
+  const key = entryKey(change.epoch, change.target);
+  const target = room.keys.get(key);
+  if (!target) {
+    room.late.remember(change);
+    return;
+  }
+  const url = target.file?.url;
+  if (applyChange(target, change)) {
+    if (url && target.deleted) URL.revokeObjectURL(url);
+    scheduleSave(room);
+    redrawReplies(room, new Set([key]));
+    if (target.deleted && state.compose?.key === key) {
+      // What was typed stays in the box, as a new message.
+      showNotice("The message you were answering or editing was deleted.");
+      endCompose(false);
+    }
+  }
+  redrawEntry(room, target);
+}
+
+/**
+ * Adds a scroll-back page above the oldest message, keeping in view what the
+ * person was looking at.
+ *
+ * @param {Record<string, unknown>} envelope
+ */
+function onHistory(envelope) {
+  const room = currentRoom();
+  const page = readHistoryPage(envelope);
+  if (!page) return;
+  if (page.epoch !== room.epoch) {
+    room.older.cancel();
+    renderEdge();
+    return;
+  }
+  room.older.settle(page);
+  const list = ui.messages;
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  /** @type {Set<string>} */
+  const added = new Set();
+  for (const value of page.messages) {
+    const entry = readEntry(value);
+    if (!entry || entry.epoch !== room.epoch || room.keys.has(entry.key)) continue;
+    if (entry.file) entry.file.unloaded = true; // pages bring no bytes
+    const late = room.late.take(entry.id);
+    if (late) applyChange(entry, late);
+    insertEntry(room, entry);
+    added.add(entry.key);
+  }
+  list.scrollTop = list.scrollHeight - fromBottom;
+  stickToBottom = atBottom();
+  redrawReplies(room, added);
+  renderEdge();
+}
+
+/** Asks for the page before the oldest message shown, unless one is on its way. */
+function loadOlder() {
+  const room = currentRoom();
+  const ws = state.ws;
+  if (!ws || !state.joined || room.epoch === null) return;
+  const request = room.older.request(oldestShown(room), Math.max(room.head, room.lastId));
+  if (!request) return;
+  sendEnvelope(ws, request);
+  renderEdge();
+  // Should the answer never come, the button comes back once the wait is over.
+  setTimeout(renderEdge, ANSWER_TIMEOUT_MS + 100);
 }
 
 /**
@@ -1182,14 +1622,48 @@ function nextCid() {
  */
 function transmit(ws, item) {
   if (ws.readyState !== WebSocket.OPEN) return;
+  // A reply chosen in an earlier epoch would name an unrelated message now.
+  const replyTo = item.reply && item.reply.epoch === currentRoom().epoch
+    ? item.reply.id
+    : undefined;
   if (item.file) {
     const { name, mime, size, data } = item.file;
-    sendEnvelope(ws, { type: "file", cid: item.cid, name, mime, size });
+    sendEnvelope(ws, { type: "file", cid: item.cid, name, mime, size, reply_to: replyTo });
     ws.send(data);
   } else {
-    sendEnvelope(ws, { type: "message", cid: item.cid, text: item.text });
+    sendEnvelope(ws, { type: "message", cid: item.cid, text: item.text, reply_to: replyTo });
   }
   item.sentOn = ws;
+}
+
+/**
+ * @param {WebSocket} ws
+ * @param {PendingChange} change
+ */
+function transmitChange(ws, change) {
+  if (ws.readyState !== WebSocket.OPEN) return;
+  const { kind, cid, target, text } = change;
+  sendEnvelope(ws, { type: kind, cid, id: target, text: kind === "edit" ? text : undefined });
+  change.sentOn = ws;
+}
+
+/**
+ * Edits or deletes one of our messages: shown as in progress at once, sent
+ * now or on the next connection.
+ *
+ * @param {Entry} entry
+ * @param {"edit" | "delete"} kind
+ * @param {string} [text]
+ */
+function requestChange(entry, kind, text) {
+  const room = currentRoom();
+  /** @type {PendingChange} */
+  const change = { cid: nextCid(), kind, target: entry.id, epoch: entry.epoch, sentOn: null };
+  if (kind === "edit") change.text = text;
+  room.changes.push(change);
+  redrawEntry(room, entry);
+  if (state.ws && state.joined) transmitChange(state.ws, change);
+  else if (!state.ws || state.ws.readyState === WebSocket.CLOSED) connect();
 }
 
 /** @param {Outgoing} item */
@@ -1205,9 +1679,26 @@ function queue(item) {
   else if (!state.ws || state.ws.readyState === WebSocket.CLOSED) connect();
 }
 
-/** @param {string} text */
-function sendText(text) {
-  queue({ cid: nextCid(), ts: Date.now(), text, sentOn: null, attempts: 0 });
+/**
+ * @param {string} text
+ * @param {Outgoing["reply"]} [reply]
+ */
+function sendText(text, reply) {
+  queue({ cid: nextCid(), ts: Date.now(), text, reply, sentOn: null, attempts: 0 });
+}
+
+/**
+ * The message a reply being written answers, and ends the reply: a file sent
+ * meanwhile answers it too.
+ *
+ * @returns {Outgoing["reply"]}
+ */
+function takeReply() {
+  const mode = state.compose;
+  if (mode?.kind !== "reply") return undefined;
+  const entry = currentRoom().keys.get(mode.key);
+  endCompose(false);
+  return entry && { id: entry.id, epoch: entry.epoch };
 }
 
 /** @param {string} name */
@@ -1237,6 +1728,7 @@ async function sendFile(file) {
   queue({
     cid: nextCid(),
     ts: Date.now(),
+    reply: takeReply(),
     file: {
       name: cleanFileName(file.name),
       mime,
@@ -1258,6 +1750,70 @@ async function sendFiles(files) {
       showNotice(`Cannot read ${file.name}: ${error instanceof Error ? error.message : error}`);
     }
   }
+}
+
+// ---------------------------------------------------------------- composing
+
+/** @param {Entry} entry */
+function startReply(entry) {
+  if (state.compose?.kind === "edit") endCompose(true);
+  state.compose = { kind: "reply", key: entry.key };
+  renderComposer();
+  ui.text.focus();
+}
+
+/** @param {Entry} entry */
+function startEdit(entry) {
+  if (entry.text === undefined) return;
+  // What was being written waits while the edit happens.
+  const draft = state.compose?.kind === "edit" ? state.compose.draft : ui.text.value;
+  state.compose = { kind: "edit", key: entry.key, draft };
+  ui.text.value = pendingChangeOf(currentRoom(), entry)?.text ?? entry.text;
+  renderComposer();
+  ui.text.focus();
+  ui.text.setSelectionRange(ui.text.value.length, ui.text.value.length);
+}
+
+/**
+ * Back to writing a new message.
+ *
+ * @param {boolean} restoreDraft Put back what was being written before an edit
+ *   (after the edit is saved or cancelled); false keeps the box as it is.
+ */
+function endCompose(restoreDraft) {
+  const mode = state.compose;
+  if (!mode) return;
+  state.compose = null;
+  if (mode.kind === "edit" && restoreDraft) ui.text.value = mode.draft;
+  renderComposer();
+}
+
+/**
+ * What the server would refuse for its length, in words; null when fine.
+ *
+ * @param {string} text
+ * @returns {string | null}
+ */
+function lengthProblem(text) {
+  if (state.maxText === null) return null;
+  const length = codePoints(text);
+  if (length <= state.maxText) return null;
+  return `The message is ${length} characters long; the limit is ${state.maxText}.`;
+}
+
+/** @param {string} text */
+function saveEdit(text) {
+  const mode = state.compose;
+  if (mode?.kind !== "edit") return;
+  const entry = currentRoom().keys.get(mode.key);
+  if (!entry || entry.deleted || entry.text === undefined) {
+    showNotice("That message was deleted, so it cannot be edited; your text is still in the box.");
+    endCompose(false);
+    return;
+  }
+  const shown = pendingChangeOf(currentRoom(), entry)?.text ?? entry.text;
+  endCompose(true);
+  if (text !== shown) requestChange(entry, "edit", text);
 }
 
 // ---------------------------------------------------------------- nickname
@@ -1296,6 +1852,8 @@ function switchRoom(name) {
   disconnect();
   hideNotice();
   saveRoom(currentRoom());
+  endCompose(false);
+  typists.clear();
   state.room = name;
   state.me = null;
   state.attempt = 0;
@@ -1317,16 +1875,61 @@ ui.compose.addEventListener("submit", (event) => {
     openNickDialog();
     return;
   }
+  const problem = lengthProblem(text);
+  if (problem) {
+    showNotice(problem);
+    return;
+  }
+  if (state.compose?.kind === "edit") {
+    saveEdit(text);
+    return;
+  }
   ui.text.value = "";
-  sendText(text);
+  sendText(text, takeReply());
+  // The message ends our indicator for the others: the next message may start
+  // a new one as soon as the server takes it.
+  typingSignal.allowAfter(SERVER_TYPING_INTERVAL_MS + 200);
 });
 
 ui.text.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     ui.compose.requestSubmit();
+  } else if (event.key === "Escape" && state.compose) {
+    event.preventDefault();
+    endCompose(true);
   }
 });
+
+ui.text.addEventListener("input", () => {
+  // Others see that we type a message; editing an old one is not news.
+  if (state.compose?.kind === "edit" || ui.text.value.trim() === "") return;
+  const ws = state.ws;
+  if (ws && state.joined && typingSignal.take()) sendEnvelope(ws, { type: "typing" });
+});
+
+ui.composeCancel.addEventListener("click", () => {
+  endCompose(true);
+  ui.text.focus();
+});
+
+ui.messages.addEventListener("click", (event) => {
+  const target = event.target;
+  if (!(target instanceof HTMLElement)) return;
+  const button = target.closest("button.tool");
+  const li = button?.closest("li.msg");
+  if (!(button instanceof HTMLButtonElement) || !(li instanceof HTMLLIElement)) return;
+  const entry = currentRoom().keys.get(li.dataset.key ?? "");
+  if (!entry || entry.deleted) return;
+  if (button.dataset.action === "reply") startReply(entry);
+  else if (button.dataset.action === "edit" && isOwn(entry)) startEdit(entry);
+  else if (button.dataset.action === "delete" && isOwn(entry)) {
+    if (state.compose?.key === entry.key) endCompose(state.compose.kind === "edit");
+    requestChange(entry, "delete");
+  }
+});
+
+ui.loadOlder.addEventListener("click", loadOlder);
 
 ui.text.addEventListener("paste", (event) => {
   const files = event.clipboardData?.files;
@@ -1357,6 +1960,8 @@ ui.messages.addEventListener("drop", (event) => {
 });
 ui.messages.addEventListener("scroll", () => {
   stickToBottom = atBottom();
+  const list = ui.messages;
+  if (list.scrollTop < 40 && list.scrollHeight > list.clientHeight) loadOlder();
 });
 
 ui.nickButton.addEventListener("click", () => openNickDialog());

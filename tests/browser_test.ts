@@ -11,8 +11,8 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { type Browser, chromium, type Page } from "playwright-core";
-import { startServer, type TestServer } from "./helpers.ts";
+import { type Browser, chromium, type Locator, type Page } from "playwright-core";
+import { connect, startServer, type TestServer } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const LAUNCH_ARGS = [
@@ -200,6 +200,19 @@ async function waitForImage(page: Page, alt: string): Promise<void> {
     alt,
     { timeout: TIMEOUT_MS },
   );
+}
+
+/** The delivered message element whose body is exactly `text`. */
+function messageWith(page: Page, text: string): Locator {
+  const exact = new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`);
+  return page.locator("#messages .msg:not(.pending)", {
+    has: page.locator(".body", { hasText: exact }),
+  });
+}
+
+/** The visible text of an element, or "" while it is hidden. */
+async function visibleText(locator: Locator): Promise<string> {
+  return await locator.isVisible() ? (await locator.textContent() ?? "") : "";
 }
 
 async function say(person: Person, text: string): Promise<void> {
@@ -559,5 +572,261 @@ browserTest("switching rooms keeps them apart and the URL follows", async (world
   await bob.page.locator("#members li", { hasText: "anna" }).waitFor();
   await say(ann, "call me anna");
   await waitForMessage(bob.page, "call me anna", "anna");
+  assertNoProblems(ann, bob);
+});
+
+browserTest("an edit and a delete reach every page, and a later page too", async (world) => {
+  const room = "lifecycle";
+  const ann = await world.join("ann", room);
+  const bob = await world.join("bob", room);
+  await say(ann, "frist post");
+  await waitForMessage(bob.page, "frist post", "ann");
+  await waitForMessage(ann.page, "frist post", "ann");
+  await ann.page.locator("#text").fill("a draft that waits");
+
+  await messageWith(ann.page, "frist post").locator("button.tool", { hasText: "Edit" }).click();
+  assert.equal(await ann.page.locator("#text").inputValue(), "frist post");
+  assert.equal(
+    await visibleText(ann.page.locator("#compose-context-text")),
+    "Editing your message",
+  );
+  assert.equal(await ann.page.locator("#send").textContent(), "Save");
+  await ann.page.locator("#text").fill("first post");
+  await ann.page.locator("#text").press("Enter");
+  for (const page of [bob.page, ann.page]) {
+    await waitForMessage(page, "first post", "ann");
+    const edited = messageWith(page, "first post");
+    assert.equal(await visibleText(edited.locator(".edited")), "(edited)");
+  }
+  assert.equal(
+    await ann.page.locator("#text").inputValue(),
+    "a draft that waits",
+    "the draft comes back after the edit",
+  );
+  assert.equal(await ann.page.locator("#compose-context").isHidden(), true);
+  const id = await messageWith(bob.page, "first post").getAttribute("data-id");
+  assert.ok(id, "the message has an id");
+
+  await messageWith(ann.page, "first post").locator("button.tool", { hasText: "Delete" }).click();
+  for (const page of [ann.page, bob.page]) {
+    await page.locator(`#messages .msg[data-id="${id}"] .tombstone`).waitFor();
+  }
+  await say(bob, "after the delete");
+  await waitForMessage(ann.page, "after the delete", "bob");
+  const expected = [[id, "ann", "message deleted"], [null, "bob", "after the delete"]];
+  const rows = (list: Shown[]) => list.map((m, i) => [i === 0 ? m.id : null, m.from, m.text]);
+  // Edit and delete entries change their target; they are never rows of their own.
+  assert.deepEqual(rows(await shown(bob.page)), expected);
+  assert.equal(
+    await ann.page.locator(`#messages .msg[data-id="${id}"] button.tool`).count(),
+    0,
+    "a tombstone has no controls",
+  );
+
+  // Carol's replay holds the tombstone, the edit (of a deleted message) and the delete.
+  const carol = await world.join("carol", room);
+  await waitForMessage(carol.page, "after the delete", "bob");
+  assert.deepEqual(rows(await shown(carol.page)), expected);
+  // Bob's page keeps the tombstone across a reload.
+  await bob.page.reload();
+  await waitForStatus(bob.page, "open");
+  await waitForMessage(bob.page, "after the delete", "bob");
+  assert.deepEqual(rows(await shown(bob.page)), expected);
+  assertNoProblems(ann, bob, carol);
+});
+
+browserTest(
+  "only one's own messages offer Edit and Delete, and refusals read as sentences",
+  async (world) => {
+    const ann = await world.join("ann");
+    const bob = await world.join("bob");
+    await say(ann, "ann's words");
+    await waitForMessage(bob.page, "ann's words", "ann");
+    await say(bob, "bob's words");
+    await waitForMessage(bob.page, "bob's words", "bob");
+
+    const theirs = messageWith(bob.page, "ann's words");
+    assert.deepEqual(await theirs.locator("button.tool").allTextContents(), ["Reply"]);
+    const mine = messageWith(bob.page, "bob's words");
+    assert.deepEqual(await mine.locator("button.tool").allTextContents(), [
+      "Reply",
+      "Edit",
+      "Delete",
+    ]);
+
+    // What the page does not offer, the server refuses; the page says so plainly.
+    const annId = Number(await theirs.getAttribute("data-id"));
+    await bob.page.evaluate((id) => {
+      const parley = (globalThis as unknown as { parley: { ws: WebSocket } }).parley;
+      parley.ws.send(JSON.stringify({ type: "edit", cid: "forged-1", id, text: "hacked" }));
+    }, annId);
+    await bob.page.locator("#notice-text", { hasText: "You can only change your own messages." })
+      .waitFor();
+    await bob.page.evaluate(() => {
+      const parley = (globalThis as unknown as { parley: { ws: WebSocket } }).parley;
+      parley.ws.send(JSON.stringify({ type: "delete", cid: "forged-2", id: 999 }));
+    });
+    await bob.page.locator("#notice-text", { hasText: "no longer in the room's history" })
+      .waitFor();
+    await say(ann, "still mine");
+    await waitForMessage(bob.page, "still mine", "ann");
+    assert.equal(await messageWith(bob.page, "ann's words").locator(".edited").isHidden(), true);
+    assert.equal(await messageWith(ann.page, "ann's words").count(), 1, "ann's text is unchanged");
+    assertNoProblems(ann, bob);
+  },
+);
+
+browserTest("typing shows under the list and ends when the message comes", async (world) => {
+  const room = "typing";
+  const ann = await world.join("ann", room);
+  const bob = await world.join("bob", room);
+  const carol = await world.join("carol", room);
+  await bob.page.locator("#members li", { hasText: "carol" }).waitFor();
+  assert.equal(await bob.page.locator("#typing").getAttribute("aria-live"), "polite");
+
+  await ann.page.locator("#text").fill("hel");
+  await bob.page.locator("#typing", { hasText: "ann is typing…" }).waitFor();
+  await carol.page.locator("#text").fill("wait");
+  const carolTypedAt = Date.now();
+  await bob.page.locator("#typing", { hasText: "ann and carol are typing…" }).waitFor();
+  // Nobody is told about themselves.
+  await ann.page.locator("#typing", { hasText: "carol is typing…" }).waitFor();
+
+  await ann.page.locator("#text").fill("hello");
+  await ann.page.locator("#text").press("Enter");
+  await waitForMessage(bob.page, "hello", "ann");
+  const typing = await bob.page.locator("#typing").textContent() ?? "";
+  assert.ok(!typing.includes("ann"), `ann's message ends her indicator: "${typing}"`);
+  // Carol's lasts 6 s from her signal; on a very slow run it may be gone already.
+  if (Date.now() - carolTypedAt < 5_000) assert.equal(typing, "carol is typing…");
+  assertNoProblems(ann, bob, carol);
+});
+
+/** Text messages seeded for the scroll-back test; the join replay holds 50 entries. */
+const SEEDED = 120;
+
+browserTest(
+  "scrolling back loads every older message once, in order, up to the start",
+  async (world) => {
+    const room = "archive";
+    const seeder = await connect(`${world.server.ws}/${room}`, "parley.v1");
+    try {
+      seeder.send({ type: "hello", nick: "seeder" });
+      await seeder.until("welcome");
+      let sent = 0;
+      for (let i = 1; i <= SEEDED; i++) {
+        seeder.send({ type: "message", cid: `seed-${i}`, text: `seed ${i}` });
+        sent++;
+        if (i === 10) {
+          seeder.send({
+            type: "file",
+            cid: "seed-file",
+            name: "notes.txt",
+            mime: "text/plain",
+            size: 5,
+          });
+          seeder.send(new TextEncoder().encode("notes"));
+          sent++;
+        }
+      }
+      seeder.send({ type: "message", cid: "seed-reply", text: "a late reply", reply_to: 1 });
+      sent++;
+      for (let acked = 0; acked < sent; acked++) await seeder.until("ack");
+    } finally {
+      await seeder.close();
+    }
+    const fileRow = "notes.txt (5 B): file (not loaded)";
+    const expected = [
+      ...Array.from({ length: 10 }, (_, i) => `seed ${i + 1}`),
+      fileRow,
+      ...Array.from({ length: SEEDED - 10 }, (_, i) => `seed ${i + 11}`),
+      "a late reply",
+    ];
+
+    const bob = await world.join("bob", room);
+    const page = bob.page;
+    await waitForMessage(page, "a late reply", "seeder");
+    const firstShown = (await shown(page))[0].text;
+    assert.equal((await shown(page)).length, 50, "the join replay is the last 50 messages");
+    const reply = messageWith(page, "a late reply").locator(".quote");
+    assert.equal(await visibleText(reply), "In reply to an earlier message");
+
+    // Scrolling to the top asks for the page before; what was in view stays put.
+    const offsetBefore = await page.evaluate((text) => {
+      const list = document.getElementById("messages")!;
+      list.scrollTop = 0;
+      const li = [...list.querySelectorAll(".msg")].find((item) =>
+        item.querySelector(".body")?.textContent === text
+      )!;
+      return li.getBoundingClientRect().top - list.getBoundingClientRect().top;
+    }, firstShown);
+    await waitForMessage(page, expected[expected.indexOf(firstShown) - 1]);
+    const offsetAfter = await page.evaluate((text) => {
+      const list = document.getElementById("messages")!;
+      const li = [...list.querySelectorAll(".msg")].find((item) =>
+        item.querySelector(".body")?.textContent === text
+      )!;
+      return li.getBoundingClientRect().top - list.getBoundingClientRect().top;
+    }, firstShown);
+    assert.ok(
+      Math.abs(offsetAfter - offsetBefore) <= 2,
+      `the message in view stays in place: ${offsetBefore} px, then ${offsetAfter} px`,
+    );
+
+    // The button does the same, for keyboards; pressed until the start is reached.
+    const loadOlder = page.locator("#load-older");
+    const start = page.locator("#history-start");
+    const settled = () =>
+      page.waitForFunction(
+        () => {
+          const button = document.getElementById("load-older") as HTMLButtonElement;
+          return button.hidden || !button.disabled;
+        },
+        null,
+        { timeout: TIMEOUT_MS },
+      );
+    for (let presses = 0; !(await start.isVisible()); presses++) {
+      assert.ok(presses < 5, "the start of history is reached within a few pages");
+      await settled();
+      if (await start.isVisible()) break;
+      // A click without scrolling: scrolling to the top would load on its own.
+      await loadOlder.dispatchEvent("click");
+      await settled();
+    }
+    assert.equal(await visibleText(start), "Start of history");
+    assert.equal(await loadOlder.isHidden(), true);
+    assert.deepEqual((await shown(page)).map((m) => m.text), expected);
+    assert.equal(await visibleText(reply), "In reply to seeder: seed 1", "the quote fills in");
+    assertNoProblems(bob);
+  },
+  { rateBurst: 500 },
+);
+
+browserTest("a reply quotes the message it answers", async (world) => {
+  const ann = await world.join("ann");
+  const bob = await world.join("bob");
+  await say(ann, "what's for lunch?");
+  await waitForMessage(bob.page, "what's for lunch?", "ann");
+
+  const question = messageWith(bob.page, "what's for lunch?");
+  await question.locator("button.tool", { hasText: "Reply" }).click();
+  const context = bob.page.locator("#compose-context-text");
+  assert.equal(await visibleText(context), "Replying to ann: what's for lunch?");
+  await bob.page.locator("#compose-cancel").click();
+  assert.equal(await bob.page.locator("#compose-context").isHidden(), true, "cancel ends it");
+
+  await question.locator("button.tool", { hasText: "Reply" }).click();
+  await say(bob, "pizza");
+  assert.equal(await bob.page.locator("#compose-context").isHidden(), true, "sending ends it");
+  for (const page of [ann.page, bob.page]) {
+    await waitForMessage(page, "pizza", "bob");
+    assert.equal(
+      await visibleText(messageWith(page, "pizza").locator(".quote")),
+      "In reply to ann: what's for lunch?",
+    );
+  }
+  await say(ann, "no reply here");
+  await waitForMessage(bob.page, "no reply here", "ann");
+  assert.equal(await messageWith(bob.page, "no reply here").locator(".quote").isHidden(), true);
   assertNoProblems(ann, bob);
 });

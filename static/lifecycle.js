@@ -1,0 +1,170 @@
+// @ts-check
+/**
+ * What happens to a message after it is sent, without the DOM: reading the
+ * room's edit and delete entries, applying them to the messages the page
+ * holds, quoting the message a reply answers, and saying the server's
+ * refusals in plain words.
+ *
+ * @module
+ */
+
+import { isId, isObject, readMember } from "./wire.js";
+
+/** @typedef {import("./wire.js").Member} Member */
+/**
+ * An edit or delete entry of a room. `deleted` is set on an edit whose target
+ * was deleted later (it then has no text).
+ * @typedef {{ kind: "edit" | "delete", id: number, epoch: string, ts: number,
+ *   from: Member | null, cid: string, target: number, text?: string,
+ *   deleted: boolean }} Change
+ */
+/**
+ * The parts of a message that a change touches.
+ * @typedef {{ text?: string, file?: unknown, edited?: number, deleted?: boolean }} Changeable
+ */
+
+/** Longest quote of a replied-to message, in characters. */
+export const QUOTE_LENGTH = 80;
+/** Changes to messages not loaded yet that are remembered, per room. */
+const REMEMBERED_CHANGES = 500;
+
+/**
+ * Reads an `edit` or `delete` envelope.
+ *
+ * @param {unknown} value
+ * @returns {Change | null} Null when it is not a well-formed one.
+ */
+export function readChange(value) {
+  if (!isObject(value)) return null;
+  const { type, id, epoch, target } = value;
+  if (type !== "edit" && type !== "delete") return null;
+  if (!isId(id) || !isId(target) || typeof epoch !== "string") return null;
+  return {
+    kind: type,
+    id,
+    epoch,
+    ts: typeof value.ts === "number" ? value.ts : 0,
+    from: readMember(value.from),
+    cid: typeof value.cid === "string" ? value.cid : "",
+    target,
+    text: typeof value.text === "string" ? value.text : undefined,
+    deleted: value.deleted === true,
+  };
+}
+
+/**
+ * Applies a change to the message it targets. A delete always wins; an edit
+ * older than the text shown (a replay repeats edits already applied) is
+ * skipped. The caller frees what a deleted message owned (a file's blob: URL).
+ *
+ * @param {Changeable} message
+ * @param {Change} change
+ * @returns {boolean} Whether the message changed.
+ */
+export function applyChange(message, change) {
+  if (message.deleted) return false;
+  if (change.kind === "delete" || change.deleted) {
+    message.deleted = true;
+    delete message.text;
+    delete message.file;
+    delete message.edited;
+    return true;
+  }
+  if (message.text === undefined || change.text === undefined) return false;
+  if (message.edited !== undefined && change.ts < message.edited) return false;
+  if (message.text === change.text && message.edited === change.ts) return false;
+  message.text = change.text;
+  message.edited = change.ts;
+  return true;
+}
+
+/**
+ * Changes whose target the page has not loaded: a scroll-back page that
+ * brings the target later may predate them.
+ */
+export class ChangeMemory {
+  /** @type {Map<number, Change>} target id to its latest change */
+  #changes = new Map();
+
+  /** @param {Change} change */
+  remember(change) {
+    const known = this.#changes.get(change.target);
+    if (known && (known.kind === "delete" || known.deleted || known.id > change.id)) return;
+    this.#changes.delete(change.target);
+    this.#changes.set(change.target, change);
+    // Forget the oldest first: a page far back is the least likely to come.
+    if (this.#changes.size > REMEMBERED_CHANGES) {
+      const oldest = this.#changes.keys().next();
+      if (!oldest.done) this.#changes.delete(oldest.value);
+    }
+  }
+
+  /**
+   * Takes the change remembered for a message, if any.
+   *
+   * @param {number} target
+   * @returns {Change | undefined}
+   */
+  take(target) {
+    const change = this.#changes.get(target);
+    this.#changes.delete(target);
+    return change;
+  }
+
+  clear() {
+    this.#changes.clear();
+  }
+}
+
+/**
+ * What a reply shows of the message it answers.
+ *
+ * @param {{ from: Member | null, text?: string, file?: { name: string },
+ *   deleted?: boolean } | undefined} original Undefined when the page does not have it.
+ * @returns {{ from: string | null, text: string }}
+ */
+export function quoteOf(original) {
+  if (!original) return { from: null, text: "an earlier message" };
+  const from = original.from?.nick ?? "raw client";
+  if (original.deleted) return { from, text: "message deleted" };
+  if (original.text !== undefined) return { from, text: shorten(original.text, QUOTE_LENGTH) };
+  if (original.file) return { from, text: original.file.name };
+  return { from, text: "a message" };
+}
+
+/**
+ * Collapses white space and cuts a text to `max` characters with an ellipsis.
+ *
+ * @param {string} text
+ * @param {number} max
+ * @returns {string}
+ */
+export function shorten(text, max) {
+  const chars = [...text.replace(/\s+/g, " ").trim()];
+  return chars.length <= max ? chars.join("") : `${chars.slice(0, max - 1).join("")}…`;
+}
+
+/**
+ * Says a refusal of an edit, delete or history request in plain words.
+ *
+ * @param {string} code The `error` envelope's code.
+ * @param {"edit" | "delete"} [kind] What was refused, when the page knows.
+ * @returns {string | null} Null for codes without a plain sentence here.
+ */
+export function refusal(code, kind) {
+  if (code === "forbidden") {
+    if (kind === "edit") return "You can only edit your own messages.";
+    if (kind === "delete") return "You can only delete your own messages.";
+    return "You can only change your own messages.";
+  }
+  if (code === "not_found") {
+    if (kind === "edit") {
+      return "Cannot edit: that message was deleted or is no longer in the room's history.";
+    }
+    if (kind === "delete") {
+      return "Cannot delete: that message is no longer in the room's history.";
+    }
+    return "That message was deleted or is no longer in the room's history.";
+  }
+  return null;
+}

@@ -1,0 +1,50 @@
+// @ts-check
+/**
+ * Reading what the server sends, without the DOM: small guards that turn
+ * untrusted JSON values into typed ones, or null.
+ *
+ * @module
+ */
+
+/** @typedef {{ id: string, nick: string }} Member */
+
+/**
+ * @param {unknown} value
+ * @returns {value is Record<string, unknown>}
+ */
+export function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Whether a value is a message id: a safe integer from 1.
+ *
+ * @param {unknown} value
+ * @returns {value is number}
+ */
+export function isId(value) {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 1;
+}
+
+/**
+ * @param {unknown} value
+ * @returns {Member | null}
+ */
+export function readMember(value) {
+  if (!isObject(value) || typeof value.id !== "string" || typeof value.nick !== "string") {
+    return null;
+  }
+  return { id: value.id, nick: value.nick };
+}
+
+/**
+ * Length of a text in Unicode code points, as the server counts its text limit.
+ *
+ * @param {string} text
+ * @returns {number}
+ */
+export function codePoints(text) {
+  let count = 0;
+  for (const _ of text) count++;
+  return count;
+}
