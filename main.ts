@@ -5,6 +5,9 @@
  */
 
 import { type Config, ConfigError, listenError, loadConfig, startupFailure } from "./lib/config.ts";
+import type { Verifier } from "./lib/admission.ts";
+import { type ApiOptions, createApi } from "./lib/api.ts";
+import { AuthFailures } from "./lib/auth/failures.ts";
 import type { Engine } from "./lib/engine.ts";
 import { createEngine } from "./lib/engines/mod.ts";
 import { createHandler, type Handler } from "./lib/handler.ts";
@@ -61,9 +64,57 @@ function readTls(config: Config): { cert: string; key: string } | Record<never, 
   };
 }
 
+/** What token mode and the server API need, built from the configuration. */
+interface AuthParts {
+  verifier?: Verifier;
+  failures?: AuthFailures;
+  mint?: ApiOptions["mint"];
+}
+
+/**
+ * Token mode's verifier, the failure counter and the API's token minting.
+ * The JWT library is imported only when one of them needs it, so the open
+ * mode's `deno task start` never downloads it.
+ */
+async function authParts(config: Config): Promise<AuthParts> {
+  const parts: AuthParts = {};
+  const secret = config.authSecret;
+  if (secret !== undefined) {
+    parts.mint = async (claims) => (await import("./lib/auth/token.ts")).mintToken(secret, claims);
+  }
+  if (config.auth !== "token") return parts;
+  const { createVerifier } = await import("./lib/auth/token.ts");
+  const publicKeyPem = config.authPublicKeyFile === undefined ? undefined : (() => {
+    try {
+      return Deno.readTextFileSync(config.authPublicKeyFile);
+    } catch (cause) {
+      throw new ConfigError(
+        "AUTH_PUBLIC_KEY_FILE",
+        config.authPublicKeyFile,
+        "a readable PEM public key file",
+        { cause },
+      );
+    }
+  })();
+  try {
+    parts.verifier = await createVerifier({ secret, publicKeyPem, skewSeconds: config.authSkew });
+  } catch (cause) {
+    if (publicKeyPem === undefined) throw cause;
+    throw new ConfigError(
+      "AUTH_PUBLIC_KEY_FILE",
+      config.authPublicKeyFile!,
+      "an EC P-256 or RSA public key in PEM (SPKI)",
+      { cause },
+    );
+  }
+  parts.failures = new AuthFailures();
+  return parts;
+}
+
 /** Builds every part from a configuration. */
 export async function createApp(config: Config, log?: Logger): Promise<App> {
   const logger = log ?? createLogger(config.logLevel);
+  const auth = await authParts(config);
   const engine = await openEngine(config, logger);
   const hub = new Hub({
     engine,
@@ -76,6 +127,8 @@ export async function createApp(config: Config, log?: Logger): Promise<App> {
     rateBurst: config.rateBurst,
     presenceTtlMs: config.presenceTtl * 1000,
     presenceRefreshMs: config.presenceRefresh * 1000,
+    verifier: auth.verifier,
+    onAuthFailure: auth.failures && ((ip) => auth.failures!.fail(ip)),
     logger,
   });
   let accepting = true;
@@ -88,6 +141,11 @@ export async function createApp(config: Config, log?: Logger): Promise<App> {
     maxConnections: config.maxConnections,
     maxConnectionsPerIp: config.maxConnectionsPerIp,
     trustedProxies: config.trustedProxies,
+    verifier: auth.verifier,
+    failures: auth.failures,
+    api: config.apiKey === undefined
+      ? undefined
+      : createApi({ hub, apiKey: config.apiKey, mint: auth.mint }),
   });
   return {
     handler,

@@ -66,7 +66,39 @@ export interface Config {
    * default 20, and below `PRESENCE_TTL`).
    */
   presenceRefresh: number;
+  /**
+   * Who may connect (`AUTH`): `open` (default: anyone, with any free
+   * nickname) or `token` (a signed token each, see `docs/auth.md`).
+   */
+  auth: AuthMode;
+  /**
+   * Shared secret of HS256 tokens (`AUTH_SECRET`, at least 32 bytes, used
+   * byte for byte): verifies them when `AUTH=token`, mints them through the API.
+   */
+  authSecret?: string;
+  /**
+   * PEM public key (EC P-256 or RSA) of ES256 or RS256 tokens
+   * (`AUTH_PUBLIC_KEY_FILE`); only with `AUTH=token`, instead of `AUTH_SECRET`.
+   */
+  authPublicKeyFile?: string;
+  /** Key backends and bots present to the /api/ routes (`API_KEY`, at least 16 characters). */
+  apiKey?: string;
+  /** Clock difference tolerated for token times, in seconds (`AUTH_SKEW`, default 30). */
+  authSkew: number;
 }
+
+/** The authentication modes: see {@linkcode Config.auth}. */
+export const AUTH_MODES = ["open", "token"] as const;
+
+/** One of {@linkcode AUTH_MODES}. */
+export type AuthMode = typeof AUTH_MODES[number];
+
+/** Shortest `AUTH_SECRET`, in bytes of UTF-8. */
+export const MIN_AUTH_SECRET_BYTES = 32;
+/** Shortest `API_KEY`, in characters. */
+export const MIN_API_KEY_LENGTH = 16;
+/** Largest `AUTH_SKEW`, in seconds. */
+export const MAX_AUTH_SKEW = 300;
 
 /** The engines Parley has. */
 export const ENGINES = ["memory", "kv", "redis"] as const;
@@ -103,6 +135,8 @@ export const DEFAULT_CONFIG: Readonly<Config> = {
   logLevel: "info",
   presenceTtl: 60,
   presenceRefresh: 20,
+  auth: "open",
+  authSkew: 30,
 };
 
 /** The environment variables Parley reads; `deno task start` allows exactly these. */
@@ -131,6 +165,11 @@ export const ENV_VARS = [
   "LOG_LEVEL",
   "PRESENCE_TTL",
   "PRESENCE_REFRESH",
+  "AUTH",
+  "AUTH_SECRET",
+  "AUTH_PUBLIC_KEY_FILE",
+  "API_KEY",
+  "AUTH_SKEW",
 ] as const;
 
 /**
@@ -156,6 +195,19 @@ export class ConfigError extends Error {
     super(`${variable}=${JSON.stringify(value)}: expected ${expected}${cause}`, options);
     this.name = "ConfigError";
   }
+}
+
+/**
+ * What a {@linkcode ConfigError} shows instead of a secret's value: its length.
+ *
+ * @example
+ * ```ts
+ * hiddenValue("short"); // "[5 bytes, not shown]"
+ * ```
+ */
+export function hiddenValue(value: string, unit: "bytes" | "characters" = "bytes"): string {
+  const length = unit === "bytes" ? new TextEncoder().encode(value).length : [...value].length;
+  return `[${length} ${unit}, not shown]`;
 }
 
 /** An error as one line: its name and message, whitespace runs collapsed. */
@@ -316,6 +368,7 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     );
   }
   const maxMessageBytes = bytes(env, "MAX_MESSAGE_BYTES", d.maxMessageBytes, 1024, 1024 ** 3);
+  const auth = authSettings(env);
   return {
     port: integer(env, "PORT", d.port, 0, 65535, "an integer port"),
     hostname,
@@ -357,5 +410,72 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     logLevel,
     presenceTtl,
     presenceRefresh,
+    ...auth,
   };
+}
+
+/**
+ * Reads `AUTH`, `AUTH_SECRET`, `AUTH_PUBLIC_KEY_FILE`, `API_KEY` and
+ * `AUTH_SKEW`. Secrets are read as they are (not trimmed), and an error about
+ * one tells its length, never its value.
+ */
+function authSettings(
+  env: EnvReader,
+): Pick<Config, "auth" | "authSecret" | "authPublicKeyFile" | "apiKey" | "authSkew"> {
+  const auth = (env("AUTH")?.trim().toLowerCase() || DEFAULT_CONFIG.auth) as AuthMode;
+  if (!AUTH_MODES.includes(auth)) {
+    throw new ConfigError("AUTH", env("AUTH") ?? "", `one of ${AUTH_MODES.join(", ")}`);
+  }
+  const authSecret = env("AUTH_SECRET") || undefined;
+  if (
+    authSecret !== undefined &&
+    new TextEncoder().encode(authSecret).length < MIN_AUTH_SECRET_BYTES
+  ) {
+    throw new ConfigError(
+      "AUTH_SECRET",
+      hiddenValue(authSecret),
+      `a secret of at least ${MIN_AUTH_SECRET_BYTES} bytes (openssl rand -base64 32 makes one)`,
+    );
+  }
+  const authPublicKeyFile = env("AUTH_PUBLIC_KEY_FILE")?.trim() || undefined;
+  if (auth === "token" && !authSecret && !authPublicKeyFile) {
+    throw new ConfigError(
+      "AUTH_SECRET",
+      "",
+      `a secret of at least ${MIN_AUTH_SECRET_BYTES} bytes, or AUTH_PUBLIC_KEY_FILE, ` +
+        "since AUTH=token",
+    );
+  }
+  if (auth === "token" && authSecret && authPublicKeyFile) {
+    throw new ConfigError(
+      "AUTH_PUBLIC_KEY_FILE",
+      authPublicKeyFile,
+      "unset when AUTH_SECRET is set: AUTH=token verifies tokens with one key",
+    );
+  }
+  if (auth === "open" && authPublicKeyFile) {
+    // Most likely AUTH=token was forgotten: refuse rather than run open by mistake.
+    throw new ConfigError(
+      "AUTH_PUBLIC_KEY_FILE",
+      authPublicKeyFile,
+      "unset unless AUTH=token (AUTH is open)",
+    );
+  }
+  const apiKey = env("API_KEY") || undefined;
+  if (apiKey !== undefined && ([...apiKey].length < MIN_API_KEY_LENGTH || /^\s|\s$/.test(apiKey))) {
+    throw new ConfigError(
+      "API_KEY",
+      hiddenValue(apiKey, "characters"),
+      `a key of at least ${MIN_API_KEY_LENGTH} characters, without white space at either end`,
+    );
+  }
+  const authSkew = integer(
+    env,
+    "AUTH_SKEW",
+    DEFAULT_CONFIG.authSkew,
+    0,
+    MAX_AUTH_SKEW,
+    "seconds",
+  );
+  return { auth, authSecret, authPublicKeyFile, apiKey, authSkew };
 }

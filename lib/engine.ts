@@ -71,10 +71,24 @@ export type EngineEvent =
   | { type: "message"; message: StoredMessage }
   | { type: "join" | "leave"; member: Member }
   | { type: "rename"; member: Member; old: string }
-  | { type: "typing"; member: Member };
+  | Signal;
 
-/** An event that is published but never stored (see {@linkcode Engine.signal}). */
-export type Signal = Extract<EngineEvent, { type: "typing" }>;
+/**
+ * An event that is published but never stored (see {@linkcode Engine.signal}):
+ * a member typing, or a member removed from the room by a moderator or the
+ * server API (every instance closes that member's sockets in the room).
+ */
+export type Signal =
+  | { type: "typing"; member: Member }
+  | {
+    type: "kick";
+    member: Member;
+    reason: string;
+    /** The moderator, or null for the server API. */
+    by: Member | null;
+    /** End of the ban that came with the kick, in ms since 1970, if any. */
+    until?: number;
+  };
 
 /** Stops a subscription. */
 export type Unsubscribe = () => void;
@@ -137,6 +151,14 @@ export interface Engine {
   rename(room: string, memberId: string, nick: string): Promise<void>;
   /** Current members of the room. */
   members(room: string): Promise<Member[]>;
+  /**
+   * Bans a member id from a room until `until` (ms since 1970), on every
+   * instance; kept by durable engines across restarts. A later ban replaces
+   * an earlier one.
+   */
+  ban(room: string, memberId: string, until: number): Promise<void>;
+  /** The end of the member's active ban in the room, or undefined when none. */
+  bannedUntil(room: string, memberId: string): Promise<number | undefined>;
   /** Whether the engine can serve requests now. */
   ready(): Promise<boolean>;
   /** Flushes what must be kept and releases resources. */

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { identify, memberIdOfSub, type Verifier } from "./admission.ts";
+import type { AuthFailures } from "./auth/failures.ts";
 import type { ConnectInfo, Connection, Hub } from "./hub.ts";
 import {
   CloseCode,
@@ -41,6 +43,15 @@ export interface HandlerOptions {
   maxConnectionsPerIp?: number;
   /** Proxies whose `X-Forwarded-For` is believed. */
   trustedProxies?: string[];
+  /**
+   * Token mode: every WebSocket presents a signed token. Raw clients are
+   * checked before the upgrade (401, 403); rich ones in their `hello`.
+   */
+  verifier?: Verifier;
+  /** Failed authentications per client address; past the limit, 429. */
+  failures?: AuthFailures;
+  /** The server API for `/api/` paths; every `/api/` path is 404 without it. */
+  api?: (req: Request, url: URL) => Promise<Response>;
 }
 
 /** The request handler of `Deno.serve`. */
@@ -232,12 +243,34 @@ export function createHandler(options: HandlerOptions): Handler {
   const trustedProxies = options.trustedProxies ?? [];
   const slots = new Slots();
 
+  /** A raw client's URL token, checked before the upgrade; a Response refuses it. */
+  async function rawAccess(
+    token: string | null,
+    room: string,
+    ip: string,
+  ): Promise<Pick<ConnectInfo, "access" | "expires"> | Response> {
+    try {
+      const { identity, access } = await identify(options.verifier!, token ?? undefined, room);
+      const until = await hub.options.engine.bannedUntil(room, await memberIdOfSub(identity.sub));
+      if (until !== undefined) {
+        return text(403, `forbidden: banned from this room until ${new Date(until).toISOString()}`);
+      }
+      return { access: access === "read" ? "read" : "write", expires: identity.exp };
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      hub.metrics.inc("parley_rejected_total", { reason: error.code });
+      if (error.code !== "unauthorized") return text(403, `forbidden: ${error.message}`);
+      options.failures?.fail(ip);
+      return text(401, `unauthorized: ${error.message}`, { "www-authenticate": "Bearer" });
+    }
+  }
+
   function websocket(
     req: Request,
     url: URL,
     room: string,
     info?: Deno.ServeHandlerInfo,
-  ): Response {
+  ): Response | Promise<Response> {
     const bad = checkHandshake(req);
     if (bad) return bad;
     if (!accepting()) return text(503, "shutting down: connect to another instance");
@@ -255,6 +288,13 @@ export function createHandler(options: HandlerOptions): Handler {
     if (slots.of(ip) >= maxPerIp) {
       hub.metrics.inc("parley_rejected_total", { reason: "per_ip" });
       return text(429, "too many connections from your address", { "retry-after": "10" });
+    }
+    const retryAfter = options.failures?.retryAfter(ip) ?? 0;
+    if (retryAfter > 0) {
+      hub.metrics.inc("parley_rejected_total", { reason: "auth_failures" });
+      return text(429, "too many failed authentications from your address; try again later", {
+        "retry-after": String(retryAfter),
+      });
     }
     const rich = offersSubprotocol(req.headers.get("sec-websocket-protocol"));
     let history: number | undefined;
@@ -281,12 +321,33 @@ export function createHandler(options: HandlerOptions): Handler {
         badLast = `bad resume position: ${error.message}; use ?epoch=E&last=N`;
       }
     }
+    const connectInfo: ConnectInfo & { ip: string } = { room, rich, history, last, badLast, ip };
+    const token = url.searchParams.get("token");
+    if (options.verifier && !rich) {
+      // Read what the upgrade needs now: the request cannot be read after it.
+      return rawAccess(token, room, ip).then((access) =>
+        access instanceof Response
+          ? access
+          : accept(req, { ...connectInfo, ...access }, options.idleTimeout)
+      );
+    }
+    if (options.verifier && token !== null) connectInfo.token = token;
+    return accept(req, connectInfo, options.idleTimeout);
+  }
+
+  /** Upgrades the request and hands the socket to the hub. */
+  function accept(
+    req: Request,
+    connectInfo: ConnectInfo & { ip: string },
+    idleTimeout?: number,
+  ): Response {
+    const { rich, ip } = connectInfo;
     // Neither the request nor its info can be read after the upgrade. Deno's
     // own subprotocol check splits the header on ", " exactly and throws on
     // `parley.v1,chat`, so the answer's header is set here instead.
     let upgraded: { socket: WebSocket; response: Response };
     try {
-      upgraded = upgrade(req, { idleTimeout: options.idleTimeout });
+      upgraded = upgrade(req, { idleTimeout });
       if (rich) upgraded.response.headers.set("sec-websocket-protocol", SUBPROTOCOL);
     } catch (error) {
       hub.metrics.inc("parley_rejected_total", { reason: "handshake" });
@@ -297,7 +358,6 @@ export function createHandler(options: HandlerOptions): Handler {
     const { socket, response } = upgraded;
     socket.binaryType = "arraybuffer";
     slots.take(ip);
-    const connectInfo = { room, rich, history, last, badLast, ip };
     const events = new SocketEvents(hub, socket, connectInfo, slots);
     socket.addEventListener("open", events);
     socket.addEventListener("message", events);
@@ -324,6 +384,9 @@ export function createHandler(options: HandlerOptions): Handler {
         return new Response(req.method === "HEAD" ? null : hub.metrics.render(), {
           headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
         });
+    }
+    if (path.startsWith("/api/")) {
+      return options.api ? options.api(req, url) : text(404, "not found");
     }
     const asset = assets.get(path);
     if (asset) return isRead ? serveAsset(req, asset, SECURITY_HEADERS) : methodNotAllowed();

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { nickProblem } from "./auth/nick.ts";
+
 /** The subprotocol a rich client offers. */
 export const SUBPROTOCOL = "parley.v1";
 
@@ -20,7 +22,16 @@ export const CloseCode = {
   tryAgainLater: 1013,
   /** A peer that fell too far behind its room (it resumes from its last id). */
   slowConsumer: 4001,
+  /** No token, a bad one, or one that expired: reconnect with a fresh token. */
+  unauthorized: 4401,
+  /** Not allowed in this room, kicked or banned: do not reconnect on your own. */
+  forbidden: 4403,
 } as const;
+
+/** Longest token accepted, in characters. */
+export const MAX_TOKEN_LENGTH = 8192;
+/** Longest reason of a kick, in characters. */
+export const MAX_REASON_LENGTH = 200;
 
 /** Room names: 1 to 64 characters from `A-Z a-z 0-9 _ -`. */
 export const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -37,9 +48,16 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 
 /** A member of a room as others see it. */
 export interface Member {
-  /** Public member id, derived from the private client identity. */
+  /** Public member id, derived from the private client identity (or the token's `sub`). */
   id: string;
   nick: string;
+  /**
+   * True when the identity was checked (a signed token, or the server API);
+   * false in open mode, where anyone may take any free nickname.
+   */
+  verified?: boolean;
+  /** True for messages posted through the server API. */
+  bot?: boolean;
 }
 
 /** A position in a room's history. */
@@ -55,8 +73,11 @@ export const DEFAULT_PAGE = 50;
 
 /** Envelopes a rich client sends. */
 export type ClientEnvelope =
-  /** `last: null` asks for a fresh join even when the URL names a position. */
-  | { type: "hello"; nick: string; client?: string; last?: Position | null }
+  /**
+   * `last: null` asks for a fresh join even when the URL names a position.
+   * `nick` may be left out when a `token` names the member.
+   */
+  | { type: "hello"; nick?: string; client?: string; last?: Position | null; token?: string }
   | { type: "message"; cid: string; text: string; replyTo?: number }
   | { type: "file"; cid: string; name: string; mime: string; size: number; replyTo?: number }
   | { type: "edit"; cid: string; id: number; text: string }
@@ -64,6 +85,7 @@ export type ClientEnvelope =
   /** `cid`, optional here, is echoed in the answer so a client can match it. */
   | { type: "history"; before: number; limit: number; cid?: string }
   | { type: "typing" }
+  | { type: "kick"; cid?: string; member: string; minutes: number; reason: string }
   | { type: "nick"; nick: string }
   | { type: "ping" };
 
@@ -76,6 +98,7 @@ export const CLIENT_TYPES = [
   "delete",
   "history",
   "typing",
+  "kick",
   "nick",
   "ping",
 ] as const;
@@ -86,6 +109,8 @@ export type ErrorCode =
   | "unknown_type"
   | "bad_envelope"
   | "bad_nick"
+  | "nick_taken"
+  | "unauthorized"
   | "bad_last"
   | "hello_required"
   | "already_joined"
@@ -155,6 +180,8 @@ export function validateNick(value: unknown): string {
   if (CONTROL.test(nick)) {
     throw new ProtocolError("bad_nick", "nick: must not contain control characters");
   }
+  const problem = nickProblem(nick);
+  if (problem !== undefined) throw new ProtocolError("bad_nick", `nick: ${problem}`);
   return nick;
 }
 
@@ -237,7 +264,17 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
     );
   switch (obj.type) {
     case "hello": {
-      const nick = validateNick(obj.nick);
+      let token: string | undefined;
+      if (obj.token !== undefined && obj.token !== null) {
+        token = field(
+          obj,
+          "token",
+          (v): v is string => isString(v) && v.length > 0 && v.length <= MAX_TOKEN_LENGTH,
+          `a token of 1 to ${MAX_TOKEN_LENGTH} characters`,
+        );
+      }
+      // Without a nick, a token must name the member (checked on admission).
+      const nick = obj.nick === undefined ? undefined : validateNick(obj.nick);
       let client: string | undefined;
       if (obj.client !== undefined) {
         client = field(
@@ -255,7 +292,8 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
         const l = obj.last as Record<string, unknown>;
         last = parsePosition(l.epoch, l.id);
       }
-      return { type: "hello", nick, client, last };
+      const hello = { type: "hello" as const, nick, client, last };
+      return token === undefined ? hello : { ...hello, token };
     }
     case "message": {
       field(obj, "cid", (v): v is string => isString(v) && CID_PATTERN.test(v), CID_RULE);
@@ -289,6 +327,37 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
     }
     case "typing":
       return { type: "typing" };
+    case "kick": {
+      const member = field(
+        obj,
+        "member",
+        (v): v is string => isString(v) && /^[A-Za-z0-9_:-]{1,64}$/.test(v),
+        "the id of a member of the room",
+        cid,
+      );
+      let minutes = 0;
+      if (obj.minutes !== undefined) {
+        minutes = field(
+          obj,
+          "minutes",
+          (v): v is number =>
+            typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 525_600,
+          "whole minutes of ban from 0 (none) to 525600 (a year)",
+          cid,
+        );
+      }
+      let reason = "";
+      if (obj.reason !== undefined) {
+        reason = field(
+          obj,
+          "reason",
+          (v): v is string => isString(v) && codePoints(v) <= MAX_REASON_LENGTH && !CONTROL.test(v),
+          `at most ${MAX_REASON_LENGTH} characters without control characters`,
+          cid,
+        ).trim();
+      }
+      return { type: "kick", cid, member, minutes, reason };
+    }
     case "file": {
       field(obj, "cid", (v): v is string => isString(v) && CID_PATTERN.test(v), CID_RULE);
       const name = field(
@@ -447,11 +516,24 @@ export type ServerEvent =
     recovered: boolean | null;
     replay: number;
     limits: Limits;
+    /** What this member may do here: `write`, or `read` only. */
+    access: "write" | "read";
+    /** True when this member moderates the room (deletes any message, kicks, bans). */
+    moderator: boolean;
   }
   | { type: "ack"; cid: string; id: number; epoch: string; duplicate: boolean }
   | { type: "join" | "leave"; member: Member }
   | { type: "rename"; member: Member; old: string }
   | { type: "typing"; member: Member; ttl: number }
+  | {
+    type: "kick";
+    member: Member;
+    reason: string;
+    /** The moderator, or null for the server API. */
+    by: Member | null;
+    /** End of the ban, in ms since 1970, when the kick came with one. */
+    until?: number;
+  }
   | {
     type: "history";
     epoch: string;

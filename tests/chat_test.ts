@@ -334,12 +334,12 @@ Deno.test("a nick change is announced to everybody and later messages carry the 
     ann.client.send({ type: "nick", nick: "anna" });
     for (const client of [ann.client, bob.client]) {
       const rename = await expectEnvelope<{ member: Member; old: string }>(client, "rename");
-      assert.deepEqual(rename.member, { id: ann.welcome.you.id, nick: "anna" });
+      assert.deepEqual(rename.member, { id: ann.welcome.you.id, nick: "anna", verified: false });
       assert.equal(rename.old, "ann");
     }
     ann.client.send({ type: "message", cid: "n-1", text: "hi" });
     const seen = await expectEnvelope<Stored>(bob.client, "message");
-    assert.deepEqual(seen.from, { id: ann.welcome.you.id, nick: "anna" });
+    assert.deepEqual(seen.from, { id: ann.welcome.you.id, nick: "anna", verified: false });
     assert.equal(await rawPeer.text(2000), "anna: hi");
 
     const carol = await join("/n", { nick: "carol" });

@@ -9,6 +9,7 @@ import {
 } from "../lib/config.ts";
 
 const env = (vars: Record<string, string>) => (name: string) => vars[name];
+const SECRET = "s3cret-value-of-at-least-32-byte";
 
 Deno.test("config: defaults when nothing is set", () => {
   assert.deepEqual(loadConfig(env({})), {
@@ -16,6 +17,9 @@ Deno.test("config: defaults when nothing is set", () => {
     certFile: undefined,
     keyFile: undefined,
     kvPath: undefined,
+    authSecret: undefined,
+    authPublicKeyFile: undefined,
+    apiKey: undefined,
   });
   assert.equal(DEFAULT_CONFIG.port, 8000);
   assert.equal(DEFAULT_CONFIG.hostname, "0.0.0.0");
@@ -47,6 +51,10 @@ Deno.test("config: reads every variable", () => {
     LOG_LEVEL: "WARN",
     PRESENCE_TTL: "90",
     PRESENCE_REFRESH: "30",
+    AUTH: "Token",
+    AUTH_SECRET: SECRET,
+    API_KEY: "api-key-0123456789",
+    AUTH_SKEW: "5",
   }));
   assert.deepEqual(config, {
     port: 9000,
@@ -73,6 +81,11 @@ Deno.test("config: reads every variable", () => {
     logLevel: "warn",
     presenceTtl: 90,
     presenceRefresh: 30,
+    auth: "token",
+    authSecret: SECRET,
+    authPublicKeyFile: undefined,
+    apiKey: "api-key-0123456789",
+    authSkew: 5,
   });
 });
 
@@ -90,14 +103,106 @@ Deno.test("config: presence lasts PRESENCE_TTL seconds, refreshed every PRESENCE
   assert.equal(long.presenceRefresh, 20);
 });
 
-Deno.test("config: every deno task that lists variables allows the presence settings", async () => {
+/** The deno.json tasks that start the server, with the variables each may read (if it lists them). */
+async function serverTasks(): Promise<[string, string[] | undefined][]> {
   const deno = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
-  for (const [name, command] of Object.entries<string>(deno.tasks)) {
-    const listed = /--allow-env=(\S+)/.exec(command)?.[1].split(",");
+  return Object.entries<string>(deno.tasks)
+    .filter(([, command]) => /\b(main|serve)\.ts\b/.test(command))
+    .map(([name, command]) => [name, /--allow-env=(\S+)/.exec(command)?.[1].split(",")]);
+}
+
+Deno.test("config: every deno task that lists variables allows the presence settings", async () => {
+  for (const [name, listed] of await serverTasks()) {
     if (!listed) continue;
     for (const variable of ["PRESENCE_TTL", "PRESENCE_REFRESH"]) {
       assert.ok(listed.includes(variable), `${name} allows ${variable}`);
     }
+  }
+});
+
+Deno.test("config: every server task that lists variables allows exactly those Parley reads", async () => {
+  const tasks = await serverTasks();
+  assert.ok(tasks.filter(([, listed]) => listed).length >= 3, "start, start:kv, start:parallel");
+  for (const [name, listed] of tasks) {
+    if (!listed) continue;
+    assert.deepEqual([...listed].sort(), [...ENV_VARS].sort(), name);
+  }
+  for (const variable of ["AUTH", "AUTH_SECRET", "AUTH_PUBLIC_KEY_FILE", "API_KEY", "AUTH_SKEW"]) {
+    assert.ok(ENV_VARS.includes(variable as typeof ENV_VARS[number]), variable);
+  }
+});
+
+Deno.test("config: auth is open by default, with a skew of 30 seconds", () => {
+  const config = loadConfig(env({}));
+  assert.equal(config.auth, "open");
+  assert.equal(config.authSkew, 30);
+  assert.equal(DEFAULT_CONFIG.auth, "open");
+  assert.equal(DEFAULT_CONFIG.authSkew, 30);
+});
+
+Deno.test("config: AUTH=token takes AUTH_SECRET or AUTH_PUBLIC_KEY_FILE", () => {
+  const secret = loadConfig(env({ AUTH: "token", AUTH_SECRET: SECRET }));
+  assert.deepEqual([secret.auth, secret.authSecret, secret.authPublicKeyFile], [
+    "token",
+    SECRET,
+    undefined,
+  ]);
+  const key = loadConfig(env({ AUTH: "token", AUTH_PUBLIC_KEY_FILE: " keys/public.pem " }));
+  assert.deepEqual([key.auth, key.authSecret, key.authPublicKeyFile], [
+    "token",
+    undefined,
+    "keys/public.pem",
+  ]);
+  assert.equal(loadConfig(env({ AUTH: "token", AUTH_SECRET: SECRET, AUTH_SKEW: "0" })).authSkew, 0);
+  assert.equal(loadConfig(env({ AUTH_SKEW: "300" })).authSkew, 300);
+});
+
+Deno.test("config: AUTH=open may have AUTH_SECRET (to mint tokens) and API_KEY", () => {
+  const config = loadConfig(env({ AUTH_SECRET: SECRET, API_KEY: "0123456789abcdef" }));
+  assert.equal(config.auth, "open");
+  assert.equal(config.authSecret, SECRET);
+  assert.equal(config.apiKey, "0123456789abcdef");
+});
+
+Deno.test("config: secrets are read byte for byte, and 32 bytes means bytes of UTF-8", () => {
+  const padded = ` ${SECRET} `;
+  assert.equal(loadConfig(env({ AUTH_SECRET: padded })).authSecret, padded);
+  assert.equal(loadConfig(env({ AUTH_SECRET: "é".repeat(16) })).authSecret, "é".repeat(16));
+  assert.throws(() => loadConfig(env({ AUTH_SECRET: "é".repeat(15) + "a" })), /31 bytes/);
+  assert.equal(loadConfig(env({ AUTH_SECRET: "" })).authSecret, undefined, "empty is unset");
+});
+
+Deno.test("config: an error about AUTH_SECRET or API_KEY tells the length, never the value", () => {
+  const cases: [Record<string, string>, string, string, RegExp][] = [
+    [
+      { AUTH_SECRET: "hunter2-hunter2" },
+      "AUTH_SECRET",
+      "hunter2",
+      /^AUTH_SECRET="\[15 bytes, not shown\]": expected a secret of at least 32 bytes/,
+    ],
+    [
+      { AUTH: "token", AUTH_SECRET: "hunter2" },
+      "AUTH_SECRET",
+      "hunter2",
+      /^AUTH_SECRET="\[7 bytes, not shown\]"/,
+    ],
+    [
+      { API_KEY: "opensesame" },
+      "API_KEY",
+      "opensesame",
+      /^API_KEY="\[10 characters, not shown\]": expected a key of at least 16 characters, /,
+    ],
+  ];
+  for (const [vars, variable, secret, message] of cases) {
+    assert.throws(() => loadConfig(env(vars)), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.equal(error.variable, variable);
+      assert.match(error.message, message);
+      assert.ok(!error.message.includes(secret), error.message);
+      assert.ok(!error.value.includes(secret), error.value);
+      assert.ok(!String(error.stack).includes(secret), "nor in the stack");
+      return true;
+    });
   }
 });
 
@@ -140,6 +245,21 @@ const bad: [Record<string, string>, string, RegExp][] = [
     "PRESENCE_REFRESH",
     /less than PRESENCE_TTL \(30\)/,
   ],
+  [{ AUTH: "jwt" }, "AUTH", /^AUTH="jwt": expected one of open, token$/],
+  [{ AUTH: "token" }, "AUTH_SECRET", /or AUTH_PUBLIC_KEY_FILE, since AUTH=token$/],
+  [
+    { AUTH: "token", AUTH_SECRET: SECRET, AUTH_PUBLIC_KEY_FILE: "k.pem" },
+    "AUTH_PUBLIC_KEY_FILE",
+    /^AUTH_PUBLIC_KEY_FILE="k.pem": expected unset when AUTH_SECRET is set/,
+  ],
+  [
+    { AUTH_PUBLIC_KEY_FILE: "k.pem" },
+    "AUTH_PUBLIC_KEY_FILE",
+    /^AUTH_PUBLIC_KEY_FILE="k.pem": expected unset unless AUTH=token \(AUTH is open\)$/,
+  ],
+  [{ AUTH_SKEW: "301" }, "AUTH_SKEW", /^AUTH_SKEW="301": expected seconds from 0 to 300$/],
+  [{ AUTH_SKEW: "-1" }, "AUTH_SKEW", /AUTH_SKEW="-1"/],
+  [{ AUTH_SKEW: "a while" }, "AUTH_SKEW", /seconds/],
 ];
 
 for (const [vars, variable, message] of bad) {
@@ -204,4 +324,13 @@ Deno.test("config: startupFailure is one line, exit code 2 for a setting and 1 o
     line: "parley: cannot start: TypeError: bad thing",
     code: 1,
   });
+});
+
+Deno.test("config: rejects an API_KEY with white space at either end, without showing it", () => {
+  for (const key of [" a-key-of-sixteen-chars", "a-key-of-sixteen-chars\n"]) {
+    assert.throws(
+      () => loadConfig((name) => (name === "API_KEY" ? key : undefined)),
+      (error: Error) => error.message.includes("white space") && !error.message.includes("sixteen"),
+    );
+  }
 });

@@ -5,7 +5,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type { Engine, EngineEvent } from "../lib/engine.ts";
+import type { Engine, EngineEvent, Signal } from "../lib/engine.ts";
+import type { Member } from "../lib/protocol.ts";
 import { until } from "./fakes.ts";
 
 /** Makes fresh engines for the conformance tests. */
@@ -13,7 +14,8 @@ export interface EngineFactory {
   name: string;
   /**
    * A new engine with a new, empty store. `historyFileBytes` is 16 in these
-   * tests; `now` is a clock the engine must use for presence expiry.
+   * tests; `now` is a clock the engine must use for presence expiry and to
+   * tell whether a ban has ended.
    */
   make(options: { historySize: number; now?: () => number }): Promise<Engine>;
   /** A second engine on the same store as `engine` (another instance). */
@@ -24,6 +26,14 @@ export interface EngineFactory {
 
 const ann = { id: "m-ann", nick: "ann" };
 const bob = { id: "m-bob", nick: "bob" };
+const vera: Member = { id: "m-vera", nick: "vera", verified: true };
+const moderator: Member = { id: "m-mod", nick: "mod", verified: true };
+const robot: Member = { id: "m-bot", nick: "robot", verified: true, bot: true };
+
+/** Members sorted by id, for engines that list them in another order. */
+function byId(members: Member[]): Member[] {
+  return [...members].sort((a, b) => a.id.localeCompare(b.id));
+}
 
 /** Appends `count` texts `m1`... from ann; returns their ids. */
 async function fill(engine: Engine, room: string, count: number): Promise<number[]> {
@@ -450,6 +460,107 @@ export function engineConformance(factory: EngineFactory): void {
       "edit:3",
       "delete:4",
     ]);
+    await two.close();
+    await one.close();
+  });
+
+  test("a ban holds until it ends, per room and member", async () => {
+    // Durable engines also expire the ban's key on the real clock: start there.
+    let now = Date.now();
+    const engine = await factory.make({ historySize: 10, now: () => now });
+    const end = now + 10_000;
+    await engine.ban("a", "m1", end);
+    assert.equal(await engine.bannedUntil("a", "m1"), end);
+    assert.equal(await engine.bannedUntil("b", "m1"), undefined, "another room");
+    assert.equal(await engine.bannedUntil("a", "m2"), undefined, "another member");
+    await engine.ban("a", "m1", now + 60_000);
+    assert.equal(await engine.bannedUntil("a", "m1"), now + 60_000, "a later ban extends it");
+    await engine.ban("a", "m1", end);
+    assert.equal(await engine.bannedUntil("a", "m1"), end, "a later ban shortens it too");
+    now = end - 1;
+    assert.equal(await engine.bannedUntil("a", "m1"), end, "held until its last millisecond");
+    now = end;
+    assert.equal(await engine.bannedUntil("a", "m1"), undefined, "over at its end");
+    await engine.ban("a", "m2", now + 10_000);
+    await engine.ban("a", "m2", now - 1);
+    assert.equal(await engine.bannedUntil("a", "m2"), undefined, "an end in the past lifts it");
+    await assert.rejects(engine.ban("a", "m3", NaN), RangeError);
+    await engine.close();
+  });
+
+  test("a second instance sees bans", async () => {
+    if (!factory.peer) return;
+    const one = await factory.make({ historySize: 10 });
+    const two = await factory.peer(one);
+    const end = Date.now() + 60_000;
+    await one.ban("r", ann.id, end);
+    assert.equal(await two.bannedUntil("r", ann.id), end);
+    assert.equal(await two.bannedUntil("r", bob.id), undefined);
+    await two.ban("r", ann.id, end + 1_000);
+    assert.equal(await one.bannedUntil("r", ann.id), end + 1_000, "the later ban, from either");
+    await two.ban("r", ann.id, Date.now() - 1);
+    assert.equal(await one.bannedUntil("r", ann.id), undefined, "lifted on both");
+    await two.close();
+    await one.close();
+  });
+
+  test("kick signals reach subscribers with every field, and members keep verified and bot", async () => {
+    const engine = await factory.make({ historySize: 10 });
+    const seen: EngineEvent[] = [];
+    await engine.subscribe("r", (e) => seen.push(e));
+    const kicks: Signal[] = [
+      { type: "kick", member: ann, reason: "spam", by: moderator, until: Date.now() + 60_000 },
+      { type: "kick", member: bob, reason: "", by: null },
+    ];
+    for (const kick of kicks) await engine.signal("r", kick);
+    await until(() => seen.filter((e) => e.type === "kick").length >= 2, "both kicks");
+    assert.deepEqual(seen.filter((e) => e.type === "kick"), kicks);
+
+    const { message } = await engine.append("r", { from: robot, text: "beep" });
+    assert.deepEqual(message.from, robot);
+    await until(() => seen.some((e) => e.type === "message"), "the robot's message");
+    const live = seen.find((e) => e.type === "message");
+    assert.deepEqual(live?.type === "message" && live.message.from, robot);
+    assert.deepEqual((await engine.read("r", undefined, 10)).messages[0].from, robot);
+    assert.deepEqual((await engine.history("r", 99, 10)).messages[0].from, robot);
+
+    assert.deepEqual(await engine.join("r", "c1", vera, 60_000), [vera]);
+    await engine.join("r", "c2", ann, 60_000);
+    assert.deepEqual(byId(await engine.members("r")), [ann, vera]);
+    await engine.rename("r", vera.id, "v");
+    const renamed = { ...vera, nick: "v" };
+    assert.deepEqual(byId(await engine.members("r")), [ann, renamed], "a rename keeps verified");
+    await engine.leave("r", "c1");
+    await until(() => seen.some((e) => e.type === "leave"), "vera's leave");
+    assert.deepEqual(seen.filter((e) => e.type !== "message" && e.type !== "kick"), [
+      { type: "join", member: vera },
+      { type: "join", member: ann },
+      { type: "rename", member: renamed, old: "vera" },
+      { type: "leave", member: renamed },
+    ]);
+    await engine.close();
+  });
+
+  test("a kick signal, a verified member and a bot's message cross instances whole", async () => {
+    if (!factory.peer) return;
+    const one = await factory.make({ historySize: 10 });
+    const two = await factory.peer(one);
+    const seen: EngineEvent[] = [];
+    await two.subscribe("r", (e) => seen.push(e));
+    const kick: Signal = { type: "kick", member: ann, reason: "flood", by: moderator, until: 42 };
+    await one.signal("r", kick);
+    await one.append("r", { from: robot, text: "beep" });
+    await one.join("r", "c1", vera, 60_000);
+    const arrived = (type: string) => seen.some((e) => e.type === type);
+    await until(
+      () => arrived("kick") && arrived("message") && arrived("join"),
+      "the kick, the message and the join on the second instance",
+    );
+    assert.deepEqual(seen.find((e) => e.type === "kick"), kick);
+    const live = seen.find((e) => e.type === "message");
+    assert.deepEqual(live?.type === "message" && live.message.from, robot);
+    assert.deepEqual(seen.find((e) => e.type === "join"), { type: "join", member: vera });
+    assert.deepEqual(await two.members("r"), [vera]);
     await two.close();
     await one.close();
   });

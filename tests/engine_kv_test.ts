@@ -352,6 +352,25 @@ Deno.test("KvEngine keeps epochs, ids and history when reopened on the same file
   }
 });
 
+Deno.test("KvEngine keeps a ban across a reopen on the same file", async () => {
+  const path = await freshPath();
+  retain(path);
+  const first = await open(path);
+  const end = Date.now() + 60_000;
+  await first.ban("r", ann.id, end);
+  await first.close();
+  const again = await open(path);
+  await release(path);
+  try {
+    assert.equal(await again.bannedUntil("r", ann.id), end);
+    assert.equal(await again.bannedUntil("other", ann.id), undefined);
+    await again.ban("r", ann.id, Date.now() - 1);
+    assert.deepEqual(await keys(path, ["parley", "r", "ban"]), [], "lifting deletes the key");
+  } finally {
+    await again.close();
+  }
+});
+
 Deno.test("KvEngine stops delivering after unsubscribe and is ready until closed", async () => {
   const engine = await open(await freshPath());
   const seen: EngineEvent[] = [];
@@ -610,6 +629,29 @@ Deno.test("KvEngine delivers a signal to subscribers of every handle, and stores
   } finally {
     await two.close();
     await one.close();
+  }
+});
+
+Deno.test("KvEngine skips a signal of the wrong shape in the log and delivers the next", async () => {
+  const path = await freshPath();
+  const engine = await open(path);
+  const kv = await Deno.openKv(path);
+  try {
+    const seen: EngineEvent[] = [];
+    await engine.subscribe("r", (e) => seen.push(e));
+    // What a newer or broken writer might leave: a kick without its reason.
+    await kv.atomic()
+      .set(["parley", "r", "signal", 1], { type: "kick", member: ann, by: null })
+      .set(["parley", "r", "signal-head"], { seq: 1 })
+      .commit();
+    const kick = { type: "kick" as const, member: bob, reason: "spam", by: ann };
+    await engine.signal("r", kick);
+    await until(() => seen.length >= 1, "the good kick");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(seen, [kick]);
+  } finally {
+    kv.close();
+    await engine.close();
   }
 });
 

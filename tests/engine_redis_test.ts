@@ -11,9 +11,11 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type { Engine, EngineEvent, MessageDraft } from "../lib/engine.ts";
+import { Buffer } from "node:buffer";
+import type { Engine, EngineEvent, MessageDraft, Signal } from "../lib/engine.ts";
 import { MemoryEngine } from "../lib/engines/memory.ts";
 import { RedisEngine, type RedisEngineOptions } from "../lib/engines/redis.ts";
+import { parseEvent } from "../lib/engines/redis/_codec.ts";
 import { PresenceView } from "../lib/engines/redis/_presence_view.ts";
 import type { Member, Position, StoredMessage } from "../lib/protocol.ts";
 import { engineConformance } from "./engine_conformance.ts";
@@ -508,6 +510,49 @@ test("after a restarted, empty Redis, members come back without a leave or a sec
   }
 });
 
+test("keeps a ban across closing and reopening the engine", async () => {
+  const first = await open();
+  const end = Date.now() + 60_000;
+  await first.ban("r", ann.id, end);
+  await first.close();
+  const again = await peer(first);
+  try {
+    assert.equal(await again.bannedUntil("r", ann.id), end);
+    assert.equal(await again.bannedUntil("r", bob.id), undefined);
+  } finally {
+    await again.close();
+  }
+});
+
+test("a ban's key expires when the ban ends, and lifting it deletes the key", async () => {
+  const engine = await open();
+  const key = `${optionsOf.get(engine)!.keyPrefix}{r}:ban:${ann.id}`;
+  await engine.ban("r", ann.id, Date.now() + 5_000);
+  const ttl = Number((await redisCommand(server!.port, "PTTL", key)).slice(1));
+  assert.ok(ttl > 0 && ttl <= 5_000, `PTTL ${ttl}`);
+  await engine.ban("r", ann.id, Date.now() - 1);
+  assert.equal(await redisCommand(server!.port, "EXISTS", key), ":0");
+  await engine.close();
+});
+
+test("after a flushed Redis, a verified bot comes back with its traits", async () => {
+  const engine = await open({ maxRetryMs: 100 });
+  const robot: Member = { id: "m-robot", nick: "robot", verified: true, bot: true };
+  await engine.subscribe("r", () => {});
+  await engine.join("r", "c-robot", robot, 60_000);
+  await engine.join("r", "c-ann", ann, 60_000);
+  assert.match(await redisCommand(server!.port, "FLUSHALL"), /^\+OK/);
+  const end = Date.now() + 3000;
+  while (nicks(await engine.members("r")).join() !== "ann,robot") {
+    assert.ok(Date.now() < end, "both are back within 3 s");
+    await sleep(20);
+  }
+  const members = await engine.members("r");
+  assert.deepEqual(members.find((m) => m.id === robot.id), robot);
+  assert.deepEqual(members.find((m) => m.id === ann.id), ann, "no traits for a plain member");
+  await engine.close();
+});
+
 Deno.test("PresenceView tells each change once and only what listeners do not know", () => {
   const view = new PresenceView({ inc: "i1", ver: 3, members: [ann] });
   const stamp = (ver: number) => ({ inc: "i1", ver });
@@ -554,4 +599,29 @@ Deno.test("PresenceView keeps members through lost keys until their deadline", (
     { type: "leave", member: bob },
   ]);
   assert.equal(view.nextDeadline(), Infinity);
+});
+
+Deno.test("parseEvent reads every signal and rejects one of the wrong shape", () => {
+  const robot: Member = { id: "m-robot", nick: "robot", verified: true, bot: true };
+  const kick: Signal = { type: "kick", member: ann, reason: "spam", by: robot, until: 42 };
+  const payload = (value: unknown) => Buffer.from(`T${JSON.stringify(value)}`);
+  assert.deepEqual(parseEvent("r", payload(kick)).event, kick);
+  const typing = { type: "typing", member: robot };
+  assert.deepEqual(parseEvent("r", payload(typing)).event, typing);
+  const bare = { type: "kick", member: ann, reason: "", by: null };
+  assert.deepEqual(parseEvent("r", payload({ ...bare, extra: 1 })).event, bare);
+  for (
+    const bad of [
+      { type: "wave", member: ann },
+      { type: "kick", member: ann, by: null },
+      { type: "kick", member: ann, reason: "x" },
+      { type: "kick", member: ann, reason: "x", by: null, until: "soon" },
+      { type: "kick", member: { id: "m" }, reason: "x", by: null },
+      { type: "typing", member: { ...ann, verified: "yes" } },
+      { type: "typing" },
+    ]
+  ) {
+    assert.throws(() => parseEvent("r", payload(bad)), TypeError, JSON.stringify(bad));
+  }
+  assert.throws(() => parseEvent("r", Buffer.from("T{")), SyntaxError);
 });

@@ -100,7 +100,7 @@ const bad: [string, string, ErrorCode, RegExp, string?][] = [
   ["no type", "{}", "unknown_type", /type: missing/],
   ["unknown type", '{"type":"shout"}', "unknown_type", /"shout" is not one of/],
   ["unknown type keeps cid", '{"type":"x","cid":"c9"}', "unknown_type", /not one of/, "c9"],
-  ["hello without nick", '{"type":"hello"}', "bad_nick", /must be a string/],
+  ["hello, nick not a string", '{"type":"hello","nick":5}', "bad_nick", /must be a string/],
   ["hello, empty nick", '{"type":"hello","nick":"   "}', "bad_nick", /empty/],
   [
     "hello, long nick",

@@ -33,7 +33,8 @@
  * | `"presence-head"`                   | number of the last presence event               |
  * | `"presence-event", seq`             | a join, leave or rename, kept for a while       |
  * | `"signal-head"`                     | number of the last signal                       |
- * | `"signal", seq`                     | a typing signal, kept ten seconds               |
+ * | `"signal", seq`                     | a typing signal (kept 10 s) or a kick (1 min)   |
+ * | `"ban", memberId`                   | end of the member's ban; expires with it        |
  *
  * Edits and deletes are entries of their own and also rewrite their target's
  * record in the same atomic commit as the entry, so `read()` and `history()`
@@ -93,10 +94,11 @@ import type {
 } from "../engine.ts";
 import { type Logger, silentLogger } from "../log.ts";
 import type { Member, Position, StoredMessage } from "../protocol.ts";
+import { checkBanEnd, parseSignal } from "./_shapes.ts";
 import { MessageLog } from "./kv/_messages.ts";
 import { type LogHead, Presence, type PresenceEvent } from "./kv/_presence.ts";
 import type { Head } from "./kv/_records.ts";
-import { delay, key, type KvContext } from "./kv/_store.ts";
+import { delay, key, type KvContext, write } from "./kv/_store.ts";
 
 export { CHUNK_BYTES } from "./kv/_blobs.ts";
 
@@ -118,7 +120,7 @@ export interface KvEngineOptions {
    */
   kvPath?: string;
   /**
-   * Clock for message times and presence expiry.
+   * Clock for message times, presence expiry and the end of bans.
    *
    * @default {Date.now}
    */
@@ -176,6 +178,7 @@ interface Subscription {
 export class KvEngine implements Engine {
   #kv: Deno.Kv;
   #log: Logger;
+  #now: () => number;
   #messages: MessageLog;
   #presence: Presence;
   /** Calls under way (and background work), awaited by `close()`. */
@@ -216,7 +219,8 @@ export class KvEngine implements Engine {
   constructor(kv: Deno.Kv, options: KvEngineOptions) {
     this.#kv = kv;
     this.#log = options.logger ?? silentLogger;
-    const context: KvContext = { kv, now: options.now ?? Date.now, log: this.#log };
+    this.#now = options.now ?? Date.now;
+    const context: KvContext = { kv, now: this.#now, log: this.#log };
     this.#messages = new MessageLog(context, options);
     this.#presence = new Presence(
       context,
@@ -302,6 +306,34 @@ export class KvEngine implements Engine {
 
   signal(room: string, event: Signal): Promise<void> {
     return this.#track(() => this.#presence.signal(room, event));
+  }
+
+  // Bans.
+
+  /**
+   * Stores the end of the ban under the room, expiring with it (KV's clock
+   * is the real one: a test clock only decides what `bannedUntil` reports).
+   * An end already past deletes the ban.
+   */
+  ban(room: string, memberId: string, until: number): Promise<void> {
+    return this.#track(async () => {
+      checkBanEnd(until);
+      const banKey = key(room, "ban", memberId);
+      const left = until - this.#now();
+      await write(() =>
+        left > 0
+          ? this.#kv.atomic().set(banKey, until, { expireIn: Math.ceil(left) })
+          : this.#kv.atomic().delete(banKey)
+      );
+    });
+  }
+
+  /** The stored end of the member's ban, while it is still ahead (KV expires keys late). */
+  bannedUntil(room: string, memberId: string): Promise<number | undefined> {
+    return this.#track(async () => {
+      const { value } = await this.#kv.get<number>(key(room, "ban", memberId));
+      return typeof value === "number" && value > this.#now() ? value : undefined;
+    });
   }
 
   // Subscriptions.
@@ -402,24 +434,31 @@ export class KvEngine implements Engine {
       last.id = Math.max(last.id, to.id);
     }
     if (to.seq !== undefined && to.seq > last.seq) {
-      last.seq = await this.#replay<PresenceEvent>(sub, "presence-event", last.seq, to.seq);
+      last.seq = await this.#replay(
+        sub,
+        "presence-event",
+        last.seq,
+        to.seq,
+        (value) => value as PresenceEvent,
+      );
     }
     if (to.signal !== undefined && to.signal > last.signal) {
-      last.signal = await this.#replay<Signal>(sub, "signal", last.signal, to.signal);
+      last.signal = await this.#replay(sub, "signal", last.signal, to.signal, parseSignal);
     }
   }
 
   /**
    * Emits the events of a log after `from` up to `to`; those that expired are
-   * skipped. Returns how far it got.
+   * skipped, and so are those `parse` rejects (logged). Returns how far it got.
    */
-  async #replay<T extends EngineEvent>(
+  async #replay(
     sub: Subscription,
     log: "presence-event" | "signal",
     from: number,
     to: number,
+    parse: (value: unknown) => EngineEvent,
   ): Promise<number> {
-    const events = this.#kv.list<T>({
+    const events = this.#kv.list({
       start: key(sub.room, log, from + 1),
       end: key(sub.room, log, to + 1),
     });
@@ -427,7 +466,14 @@ export class KvEngine implements Engine {
     for await (const { key: eventKey, value } of events) {
       if (sub.stopped) return reached;
       reached = eventKey.at(-1) as number;
-      this.#emit(sub, value);
+      let event: EngineEvent;
+      try {
+        event = parse(value);
+      } catch (error) {
+        this.#log.error("kv_bad_event", { room: sub.room, log, error: String(error) });
+        continue;
+      }
+      this.#emit(sub, event);
     }
     return to;
   }

@@ -16,6 +16,7 @@ import type {
   Unsubscribe,
 } from "../engine.ts";
 import type { Member, Position, StoredMessage } from "../protocol.ts";
+import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
 
 /** Options of {@linkcode MemoryEngine}. */
 export interface MemoryEngineOptions {
@@ -25,7 +26,11 @@ export interface MemoryEngineOptions {
   historyBytes: number;
   /** Files larger than this are kept without their bytes. */
   historyFileBytes: number;
-  /** Clock, for tests. */
+  /**
+   * Clock for message times, presence expiry and the end of bans.
+   *
+   * @default {Date.now}
+   */
   now?: () => number;
 }
 
@@ -74,6 +79,8 @@ function tombstone(m: StoredMessage): StoredMessage {
 /** Keeps rooms, history and presence in memory. */
 export class MemoryEngine implements Engine {
   #rooms = new Map<string, RoomState>();
+  /** End of each ban, by room and member id; an ended one goes when next seen. */
+  #bans = new Map<string, Map<string, number>>();
   #options: MemoryEngineOptions;
   #now: () => number;
 
@@ -117,7 +124,7 @@ export class MemoryEngine implements Engine {
       epoch: room.epoch,
       id: ++room.head,
       ts: this.#now(),
-      from: draft.from,
+      from: draft.from && copyMember(draft.from),
       sender: draft.sender,
       cid: draft.cid,
     };
@@ -232,7 +239,7 @@ export class MemoryEngine implements Engine {
 
   signal(name: string, event: Signal): Promise<void> {
     const room = this.#rooms.get(name);
-    if (room) this.#publish(room, { ...event, member: { ...event.member } });
+    if (room) this.#publish(room, copySignal(event));
     return Promise.resolve();
   }
 
@@ -276,14 +283,14 @@ export class MemoryEngine implements Engine {
       entry.expires = expires;
       return room.members.get(member.id)?.member;
     }
-    room.presence.set(conn, { member: { ...member }, expires });
+    room.presence.set(conn, { member: copyMember(member), expires });
     const held = room.members.get(member.id);
     if (held) {
       held.conns++;
       return held.member;
     }
-    room.members.set(member.id, { member: { ...member }, conns: 1 });
-    this.#publish(room, { type: "join", member: { ...member } });
+    room.members.set(member.id, { member: copyMember(member), conns: 1 });
+    this.#publish(room, { type: "join", member: copyMember(member) });
     return undefined;
   }
 
@@ -312,12 +319,13 @@ export class MemoryEngine implements Engine {
     const room = this.#room(name);
     const held = room.members.get(memberId);
     const old = held?.member.nick;
-    if (held) held.member = { id: memberId, nick };
+    // A rename changes the nick only: `verified` and `bot` stay.
+    if (held) held.member = { ...held.member, nick };
     for (const entry of room.presence.values()) {
-      if (entry.member.id === memberId) entry.member = { id: memberId, nick };
+      if (entry.member.id === memberId) entry.member = { ...entry.member, nick };
     }
-    if (old !== undefined && old !== nick) {
-      this.#publish(room, { type: "rename", member: { id: memberId, nick }, old });
+    if (held && old !== nick) {
+      this.#publish(room, { type: "rename", member: { ...held.member }, old: old! });
     }
     return Promise.resolve();
   }
@@ -326,6 +334,28 @@ export class MemoryEngine implements Engine {
     const room = this.#room(name);
     this.#expire(room, true);
     return Promise.resolve(this.#members(room));
+  }
+
+  ban(name: string, memberId: string, until: number): Promise<void> {
+    try {
+      checkBanEnd(until);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    let bans = this.#bans.get(name);
+    if (!bans) this.#bans.set(name, bans = new Map());
+    const now = this.#now();
+    // Bans are few: dropping the room's ended ones here keeps the map bounded.
+    for (const [id, end] of bans) if (end <= now) bans.delete(id);
+    if (until > now) bans.set(memberId, until);
+    else bans.delete(memberId);
+    if (bans.size === 0) this.#bans.delete(name);
+    return Promise.resolve();
+  }
+
+  bannedUntil(name: string, memberId: string): Promise<number | undefined> {
+    const until = this.#bans.get(name)?.get(memberId);
+    return Promise.resolve(until !== undefined && until > this.#now() ? until : undefined);
   }
 
   ready(): Promise<boolean> {

@@ -11,8 +11,8 @@
  *   stream. An index of edit ids per target lets a delete scrub the edits.
  * - Fan-out is Redis pub/sub on a dedicated connection. Each room feed keeps
  *   the last id it delivered and fills any gap (a lost connection, a skipped
- *   id, a new epoch) from the stream before delivering more. Signals (typing)
- *   are published on the same channel and never stored.
+ *   id, a new epoch) from the stream before delivering more. Signals (typing,
+ *   kicks) are published on the same channel and never stored.
  * - Presence is a sorted set of connections by expiry, swept by Lua scripts,
  *   so exactly one instance publishes each `leave`; every instance sweeps the
  *   rooms it serves, so a crashed instance's members leave within the TTL.
@@ -21,6 +21,8 @@
  *   reads the members again and tells only the difference. Each instance
  *   remembers its own connections' entries and puts them back at once when
  *   Redis lost them.
+ * - A ban is one key per room and member, holding its end, with a TTL that
+ *   ends with it.
  * - Commands fail fast while Redis is down (no offline queue, a command
  *   timeout), so nothing is acked that was not stored. A command that timed
  *   out against a Redis that hangs stays sent and may still run: a failed
@@ -47,6 +49,7 @@ import type {
 import { type Logger, silentLogger } from "../log.ts";
 import type { Member, Position } from "../protocol.ts";
 import { newEpoch } from "./memory.ts";
+import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
 import {
   type Header,
   type Incoming,
@@ -58,6 +61,7 @@ import {
   type PresenceStamp,
   sizeOf,
   toBuffer,
+  traitsOf,
 } from "./redis/_codec.ts";
 import { type PresenceSnapshot, PresenceView } from "./redis/_presence_view.ts";
 import {
@@ -87,8 +91,8 @@ export interface RedisEngineOptions {
    */
   keyPrefix?: string;
   /**
-   * Clock for message times and presence expiry. Every instance on one Redis
-   * must use the same clock.
+   * Clock for message times, presence expiry and the end of bans. Every
+   * instance on one Redis must use the same clock.
    *
    * @default Date.now
    */
@@ -368,7 +372,12 @@ export class RedisEngine implements Engine {
 
   async append(room: string, draft: MessageDraft): Promise<AppendResult> {
     const ts = this.#now();
-    const header: Header = { ts, from: draft.from, sender: draft.sender, cid: draft.cid };
+    const header: Header = {
+      ts,
+      from: draft.from && copyMember(draft.from),
+      sender: draft.sender,
+      cid: draft.cid,
+    };
     if (draft.replyTo !== undefined) header.replyTo = draft.replyTo;
     let data: Uint8Array | undefined;
     let kind: string;
@@ -461,8 +470,7 @@ export class RedisEngine implements Engine {
   }
 
   async signal(room: string, event: Signal): Promise<void> {
-    const { id, nick } = event.member;
-    const payload = JSON.stringify({ type: event.type, member: { id, nick } });
+    const payload = JSON.stringify(copySignal(event));
     await this.#redis.publish(this.#channel(room), `T${payload}`);
   }
 
@@ -637,7 +645,7 @@ export class RedisEngine implements Engine {
             }
             feed.lastId = m.id;
             this.#emit(feed, event);
-          } else if (event.type === "typing") {
+          } else if (event.type === "typing" || event.type === "kick") {
             this.#emit(feed, event);
           } else if (item.read >= feed.covered) {
             const told = feed.view!.apply(event, item.stamp);
@@ -724,7 +732,13 @@ export class RedisEngine implements Engine {
         entries.delete(conn);
         continue;
       }
-      calls.push(this.#presence(room, "refresh", [conn, member.id, member.nick, expires - now]));
+      calls.push(this.#presence(room, "refresh", [
+        conn,
+        member.id,
+        member.nick,
+        expires - now,
+        traitsOf(member),
+      ]));
     }
     if (entries.size === 0) this.#local.delete(room);
     await Promise.all(calls);
@@ -802,6 +816,7 @@ export class RedisEngine implements Engine {
         this.#key(room, "members"),
         this.#key(room, "counts"),
         this.#key(room, "presence"),
+        this.#key(room, "traits"),
       ],
       [op, this.#channel(room), this.#now(), newEpoch(), ...args],
       false,
@@ -810,16 +825,13 @@ export class RedisEngine implements Engine {
 
   async #snapshot(room: string): Promise<PresenceSnapshot> {
     const reply = await this.#presence(room, "members", []) as unknown[];
-    return { ...stampOf(reply), members: pairs(reply[2]) };
+    return { ...stampOf(reply), members: pairs(reply[2], reply[3]) };
   }
 
   #remember(room: string, conn: string, member: Member, ttlMs: number) {
     let entries = this.#local.get(room);
     if (!entries) this.#local.set(room, entries = new Map());
-    entries.set(conn, {
-      member: { id: member.id, nick: member.nick },
-      expires: this.#now() + ttlMs,
-    });
+    entries.set(conn, { member: copyMember(member), expires: this.#now() + ttlMs });
   }
 
   async join(room: string, conn: string, member: Member, ttlMs: number): Promise<Member[]> {
@@ -833,8 +845,9 @@ export class RedisEngine implements Engine {
       member.nick,
       ttl,
       following ? "0" : "1",
+      traitsOf(member),
     ]) as unknown[];
-    if (!following) return pairs(reply[2]);
+    if (!following) return pairs(reply[2], reply[3]);
     // Answer with what this room's listeners were told once they know of this
     // join, so the caller's list and the events after it fit together.
     if (this.#feeds.get(room) === feed && await this.#caughtUp(feed!, stampOf(reply))) {
@@ -846,7 +859,7 @@ export class RedisEngine implements Engine {
   async refresh(room: string, conn: string, member: Member, ttlMs: number): Promise<void> {
     const ttl = Math.max(0, ttlMs);
     this.#remember(room, conn, member, ttl);
-    await this.#presence(room, "refresh", [conn, member.id, member.nick, ttl]);
+    await this.#presence(room, "refresh", [conn, member.id, member.nick, ttl, traitsOf(member)]);
   }
 
   async leave(room: string, conn: string): Promise<void> {
@@ -857,13 +870,29 @@ export class RedisEngine implements Engine {
 
   async rename(room: string, memberId: string, nick: string): Promise<void> {
     for (const entry of this.#local.get(room)?.values() ?? []) {
-      if (entry.member.id === memberId) entry.member = { id: memberId, nick };
+      if (entry.member.id === memberId) entry.member = { ...entry.member, nick };
     }
     await this.#presence(room, "rename", [memberId, nick]);
   }
 
   async members(room: string): Promise<Member[]> {
     return (await this.#snapshot(room)).members;
+  }
+
+  /** Sets the ban's key to its end with a TTL that ends with it; an end already past deletes it. */
+  async ban(room: string, memberId: string, until: number): Promise<void> {
+    checkBanEnd(until);
+    const banKey = this.#key(room, `ban:${memberId}`);
+    const left = Math.ceil(until - this.#now());
+    if (left > 0) await this.#redis.set(banKey, String(until), "PX", left);
+    else await this.#redis.del(banKey);
+  }
+
+  async bannedUntil(room: string, memberId: string): Promise<number | undefined> {
+    const value = await this.#redis.get(this.#key(room, `ban:${memberId}`));
+    const until = value === null ? NaN : Number(value);
+    // The key outlives the ban when this clock runs ahead of Redis's.
+    return Number.isFinite(until) && until > this.#now() ? until : undefined;
   }
 
   async ready(): Promise<boolean> {

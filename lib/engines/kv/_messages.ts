@@ -8,6 +8,7 @@
 import type { AppendResult, HistoryPage, MessageDraft, ReadResult } from "../../engine.ts";
 import type { Position, StoredMessage } from "../../protocol.ts";
 import { newEpoch } from "../memory.ts";
+import { copyMember } from "../_shapes.ts";
 import { type BlobRef, Blobs } from "./_blobs.ts";
 import { Changes } from "./_changes.ts";
 import {
@@ -83,7 +84,7 @@ export class MessageLog {
       : undefined;
     const fields: Omit<MessageRecord, "epoch" | "id"> = {
       ts: this.#context.now(),
-      from: draft.from,
+      from: draft.from && copyMember(draft.from),
       sender,
       cid,
       bytes: BASE_BYTES,

@@ -7,6 +7,7 @@
 
 import type { EngineEvent, Signal } from "../../engine.ts";
 import type { Member } from "../../protocol.ts";
+import { copyMember, copySignal } from "../_shapes.ts";
 import {
   backoff,
   busy,
@@ -20,10 +21,17 @@ import {
 
 /** How long presence events stay readable by subscribers that lag. */
 const EVENT_MS = 10 * 60_000;
-/** How long a signal stays readable: a typing signal older than this means nothing. */
-const SIGNAL_MS = 10_000;
-/** Tries of one signal against signals of other instances; then it is dropped. */
-const SIGNAL_ATTEMPTS = 8;
+/**
+ * How long a signal stays readable by subscribers that lag: a typing signal
+ * older than this means nothing; a kick still closes sockets a minute late.
+ */
+const SIGNAL_MS = { typing: 10_000, kick: 60_000 } as const;
+/**
+ * Tries of one signal against signals of other instances. A typing signal
+ * is then dropped; a kick, which is rare and matters, gets as many tries as
+ * an append, then fails.
+ */
+const SIGNAL_ATTEMPTS = { typing: 8, kick: MAX_ATTEMPTS } as const;
 
 /** One connection's presence. */
 export interface PresenceEntry {
@@ -44,7 +52,7 @@ interface SweepDue {
 }
 
 /** A join, leave or rename, as stored in the presence event log. */
-export type PresenceEvent = Exclude<EngineEvent, { type: "message" | "typing" }>;
+export type PresenceEvent = Extract<EngineEvent, { type: "join" | "leave" | "rename" }>;
 
 /** Delivers to this engine's subscribers, up to a presence event or signal just stored. */
 export type DeliverLocally = (room: string, to: { seq?: number; signal?: number }) => Promise<void>;
@@ -122,20 +130,23 @@ class PresenceEdit {
     const current = this.entries.get(conn);
     const mine = current?.member.id === member.id ? current : undefined;
     if (known && !mine && known.nick !== member.nick) this.rename(member.id, member.nick);
-    const copy = { id: member.id, nick: member.nick };
+    const copy = copyMember(member);
     this.put(conn, { member: mine?.member ?? copy, expires, since: mine?.since ?? this.now });
-    if (!known) this.events.push({ type: "join", member: { ...copy } });
+    if (!known) this.events.push({ type: "join", member: copyMember(copy) });
   }
 
+  /** Changes the nick of every entry of a member; `verified` and `bot` stay. */
   rename(memberId: string, nick: string) {
-    let old: string | undefined;
+    let found: Member | undefined;
     for (const [conn, entry] of this.entries) {
       if (entry.member.id !== memberId) continue;
-      old ??= entry.member.nick;
-      if (entry.member.nick !== nick) this.put(conn, { ...entry, member: { id: memberId, nick } });
+      found ??= entry.member;
+      if (entry.member.nick !== nick) {
+        this.put(conn, { ...entry, member: { ...entry.member, nick } });
+      }
     }
-    if (old !== undefined && old !== nick) {
-      this.events.push({ type: "rename", member: { id: memberId, nick }, old });
+    if (found !== undefined && found.nick !== nick) {
+      this.events.push({ type: "rename", member: { ...found, nick }, old: found.nick });
     }
   }
 }
@@ -267,9 +278,10 @@ export class Presence {
 
   /**
    * Stores a signal in the room's signal log, which expires soon, and
-   * delivers it to this engine's subscribers. Best effort: a signal that
-   * loses to other instances' signals {@linkcode SIGNAL_ATTEMPTS} times is
-   * dropped. Signals have their own log, so typing never delays a join.
+   * delivers it to this engine's subscribers. Best effort: a typing signal
+   * that loses to other instances' signals {@linkcode SIGNAL_ATTEMPTS} times
+   * is dropped; a kick that loses as often fails. Signals have their own log,
+   * so typing never delays a join.
    */
   signal(room: string, event: Signal): Promise<void> {
     return this.#queues.run(`signal:${room}`, () => this.#signal(room, event));
@@ -277,16 +289,17 @@ export class Presence {
 
   async #signal(room: string, event: Signal): Promise<void> {
     const { kv, log } = this.#context;
-    const value = { type: event.type, member: { id: event.member.id, nick: event.member.nick } };
+    const value = copySignal(event);
     for (let attempt = 1;; attempt++) {
       const head = await kv.get<LogHead>(key(room, "signal-head"));
       const seq = (head.value?.seq ?? 0) + 1;
       const op = kv.atomic().check(head)
-        .set(key(room, "signal", seq), value, { expireIn: SIGNAL_MS })
+        .set(key(room, "signal", seq), value, { expireIn: SIGNAL_MS[value.type] })
         .set(key(room, "signal-head"), { seq });
       if (await commit(op)) return await this.#deliver(room, { signal: seq });
-      if (attempt >= SIGNAL_ATTEMPTS) {
-        log.warn("kv_signal_dropped", { room, type: event.type, attempts: attempt });
+      if (attempt >= SIGNAL_ATTEMPTS[value.type]) {
+        if (value.type === "kick") throw busy("send a kick signal", room);
+        log.warn("kv_signal_dropped", { room, type: value.type, attempts: attempt });
         return;
       }
       await backoff(attempt);

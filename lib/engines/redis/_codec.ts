@@ -8,6 +8,7 @@
 import { Buffer } from "node:buffer";
 import type { EngineEvent } from "../../engine.ts";
 import type { Member, StoredMessage } from "../../protocol.ts";
+import { parseMember, parseSignal } from "../_shapes.ts";
 
 /** What a message keeps in its stream entry besides id, epoch and bytes. */
 export interface Header {
@@ -127,16 +128,13 @@ export function parseEntries(
   return entries.map((entry, i) => parseEntry(room, epoch, entry, String(patches[i] ?? "")));
 }
 
-function member(raw: { id: unknown; nick: unknown }): Member {
-  if (typeof raw?.id !== "string" || typeof raw?.nick !== "string") {
-    throw new TypeError(`Cannot read member ${JSON.stringify(raw)}: id and nick must be strings`);
-  }
-  return { id: raw.id, nick: raw.nick };
-}
-
 /**
  * Parses a channel message: `M<id> <epoch>\n<header>\n<bytes>` (a stored
- * message), `P<JSON>` (presence, with its stamp) or `T<JSON>` (typing).
+ * message), `P<JSON>` (presence, with its stamp) or `T<JSON>` (a signal: any
+ * `Signal` of `engine.ts`, its shape checked).
+ *
+ * @throws {SyntaxError} When the payload does not parse.
+ * @throws {TypeError} When an event has the wrong shape.
  */
 export function parseEvent(room: string, payload: Buffer): Incoming {
   const head = payload[0];
@@ -146,19 +144,20 @@ export function parseEvent(room: string, payload: Buffer): Incoming {
       ? { inc: raw.i, ver: raw.v }
       : undefined;
     if (raw.type === "rename") {
-      return { event: { type: "rename", member: member(raw.member), old: String(raw.old) }, stamp };
+      const event = {
+        type: "rename" as const,
+        member: parseMember(raw.member),
+        old: String(raw.old),
+      };
+      return { event, stamp };
     }
     if (raw.type !== "join" && raw.type !== "leave") {
       throw new SyntaxError(`Cannot parse presence event: unknown type ${raw.type}`);
     }
-    return { event: { type: raw.type, member: member(raw.member) }, stamp };
+    return { event: { type: raw.type, member: parseMember(raw.member) }, stamp };
   }
   if (head === 0x54 /* T */) {
-    const raw = JSON.parse(decoder.decode(payload.subarray(1)));
-    if (raw.type !== "typing") {
-      throw new SyntaxError(`Cannot parse signal: unknown type ${raw.type}`);
-    }
-    return { event: { type: "typing", member: member(raw.member) } };
+    return { event: parseSignal(JSON.parse(decoder.decode(payload.subarray(1)))) };
   }
   if (head !== 0x4d /* M */) {
     throw new SyntaxError(`Cannot parse channel message: it starts with byte ${head}`);
@@ -175,10 +174,45 @@ export function parseEvent(room: string, payload: Buffer): Incoming {
   return { event: { type: "message", message: m } };
 }
 
-/** Members from a flat `id, nick, ...` list. */
-export function pairs(flat: unknown): Member[] {
+/**
+ * The `traits` a member's presence keeps besides its nick (see
+ * `_scripts.ts`): JSON of `verified` and `bot`, or empty when it has neither.
+ */
+export function traitsOf(member: Member): string {
+  if (member.verified === undefined && member.bot === undefined) return "";
+  return JSON.stringify({ verified: member.verified, bot: member.bot });
+}
+
+/**
+ * Members from a flat `id, nick, ...` list, with the traits of a flat
+ * `id, JSON, ...` list. A trait that is not a boolean is left out.
+ */
+export function pairs(flat: unknown, traits?: unknown): Member[] {
+  const flags = new Map<string, string>();
+  const raw = (traits ?? []) as string[];
+  for (let i = 0; i + 1 < raw.length; i += 2) flags.set(raw[i], raw[i + 1]);
   const list = (flat ?? []) as string[];
   const members: Member[] = [];
-  for (let i = 0; i + 1 < list.length; i += 2) members.push({ id: list[i], nick: list[i + 1] });
+  for (let i = 0; i + 1 < list.length; i += 2) {
+    const member: Member = { id: list[i], nick: list[i + 1] };
+    const json = flags.get(member.id);
+    if (json !== undefined) Object.assign(member, traitsFrom(json));
+    members.push(member);
+  }
   return members;
+}
+
+function traitsFrom(json: string): Pick<Member, "verified" | "bot"> {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch {
+    return {};
+  }
+  const traits: Pick<Member, "verified" | "bot"> = {};
+  if (typeof value !== "object" || value === null) return traits;
+  const { verified, bot } = value as Record<string, unknown>;
+  if (typeof verified === "boolean") traits.verified = verified;
+  if (typeof bot === "boolean") traits.bot = bot;
+  return traits;
 }

@@ -36,8 +36,8 @@ export class PresenceView {
   ver: number;
   /** Events were missed: read a snapshot before applying more. */
   stale = false;
-  /** Member id -> nick, as told to listeners. */
-  #members: Map<string, string>;
+  /** Member id -> member (nick, `verified`, `bot`), as told to listeners. */
+  #members: Map<string, Member>;
   /** Member id -> the time it leaves unless seen again (after lost keys). */
   #suspects = new Map<string, number>();
 
@@ -45,7 +45,7 @@ export class PresenceView {
   constructor(snapshot: PresenceSnapshot) {
     this.inc = snapshot.inc;
     this.ver = snapshot.ver;
-    this.#members = new Map(snapshot.members.map((m) => [m.id, m.nick]));
+    this.#members = new Map(snapshot.members.map((m) => [m.id, { ...m }]));
   }
 
   /** How many members listeners know. */
@@ -55,7 +55,7 @@ export class PresenceView {
 
   /** The members as told to listeners. */
   members(): Member[] {
-    return Array.from(this.#members, ([id, nick]) => ({ id, nick }));
+    return Array.from(this.#members.values(), (m) => ({ ...m }));
   }
 
   /** Whether the view includes the change stamped `stamp`. */
@@ -100,24 +100,29 @@ export class PresenceView {
       this.inc = stamp.inc;
       this.ver = stamp.ver;
     }
-    const { id, nick } = event.member;
+    const { id } = event.member;
     const known = this.#members.get(id);
+    this.#suspects.delete(id);
     if (event.type === "leave") {
-      this.#suspects.delete(id);
       if (known === undefined) return null;
       this.#members.delete(id);
-      return { type: "leave", member: { id, nick: known } };
+      return { type: "leave", member: { ...known } };
     }
-    this.#suspects.delete(id);
-    return this.#see(id, nick);
+    return this.#see(event.member);
   }
 
-  /** A member is in the room as `nick`: what listeners must be told, if anything. */
-  #see(id: string, nick: string): PresenceEvent | null {
-    const known = this.#members.get(id);
-    this.#members.set(id, nick);
-    if (known === undefined) return { type: "join", member: { id, nick } };
-    if (known !== nick) return { type: "rename", member: { id, nick }, old: known };
+  /**
+   * A member is in the room as `member` says: what listeners must be told,
+   * if anything. Only a new member or a new nick is news; the view keeps
+   * the latest `verified` and `bot` either way.
+   */
+  #see(member: Member): PresenceEvent | null {
+    const known = this.#members.get(member.id);
+    this.#members.set(member.id, { ...member });
+    if (known === undefined) return { type: "join", member: { ...member } };
+    if (known.nick !== member.nick) {
+      return { type: "rename", member: { ...member }, old: known.nick };
+    }
     return null;
   }
 
@@ -130,19 +135,19 @@ export class PresenceView {
   resync(snapshot: PresenceSnapshot, now: number): PresenceEvent[] {
     const out: PresenceEvent[] = [];
     const present = new Set<string>();
-    for (const { id, nick } of snapshot.members) {
-      present.add(id);
-      this.#suspects.delete(id);
-      const event = this.#see(id, nick);
+    for (const member of snapshot.members) {
+      present.add(member.id);
+      this.#suspects.delete(member.id);
+      const event = this.#see(member);
       if (event) out.push(event);
     }
-    for (const [id, nick] of [...this.#members]) {
+    for (const [id, member] of [...this.#members]) {
       if (present.has(id)) continue;
       const deadline = this.#suspects.get(id);
       if (deadline !== undefined && deadline > now) continue;
       this.#suspects.delete(id);
       this.#members.delete(id);
-      out.push({ type: "leave", member: { id, nick } });
+      out.push({ type: "leave", member: { ...member } });
     }
     this.inc = snapshot.inc;
     this.ver = snapshot.ver;

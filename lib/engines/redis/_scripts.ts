@@ -19,7 +19,11 @@
  * - Presence: `expiry` (zset conn -> expiry), `conns` (hash conn -> member
  *   id), `members` (hash member id -> nick), `counts` (hash member id ->
  *   entries), `presence` (hash: `inc`, a random name of this incarnation of
- *   the presence keys, and `ver`, bumped by every published presence event).
+ *   the presence keys, and `ver`, bumped by every published presence event),
+ *   `traits` (hash member id -> JSON `{verified, bot}`, absent when the
+ *   member has neither; kept apart so `members` stays id -> nick).
+ * - `ban:<member id>` (string): the end of the member's ban, in ms since
+ *   1970, with a TTL that ends with it.
  *
  * @module
  */
@@ -237,19 +241,23 @@ return {epoch, more, page, patches_of(page)}
 `;
 
 /**
- * Presence. KEYS: expiry, conns, members, counts, presence (see above). ARGV:
- * operation, channel, now, a new incarnation name (used when the keys are
- * new), then per operation: join (conn, member id, nick, ttl, "1" to return
- * the members), refresh (conn, member id, nick, ttl), leave (conn), rename
- * (member id, nick), sweep, members.
+ * Presence. KEYS: expiry, conns, members, counts, presence, traits (see
+ * above). ARGV: operation, channel, now, a new incarnation name (used when
+ * the keys are new), then per operation: join (conn, member id, nick, ttl,
+ * "1" to return the members, traits JSON or empty), refresh (conn, member id,
+ * nick, ttl, traits JSON or empty), leave (conn), rename (member id, nick),
+ * sweep, members.
  *
  * Every published event carries `i` (incarnation) and `v` (version), so a
- * feed knows when it missed one. Join, sweep and members return `{inc, ver}`
- * (members, and join when asked, also the members as a flat id, nick list);
- * `inc` is empty while the keys do not exist.
+ * feed knows when it missed one, and its member has the member's traits.
+ * Join, sweep and members return `{inc, ver}` (members, and join when asked,
+ * also the members as a flat id, nick list and the traits as a flat id,
+ * JSON list); `inc` is empty while the keys do not exist. A member's traits
+ * are those of the connection that made it join.
  */
 export const PRESENCE_LUA = `
 local expiry, conns, members, counts, presence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local traits = KEYS[6]
 local op, channel, now, fresh = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local inc = redis.call('HGET', presence, 'inc')
 local function incarnation()
@@ -259,8 +267,19 @@ local function incarnation()
   end
   return inc
 end
+local function member(id, nick)
+  local m = {id = id, nick = nick}
+  local raw = redis.call('HGET', traits, id)
+  if not raw then return m end
+  local ok, flags = pcall(cjson.decode, raw)
+  if ok and type(flags) == 'table' then
+    if type(flags.verified) == 'boolean' then m.verified = flags.verified end
+    if type(flags.bot) == 'boolean' then m.bot = flags.bot end
+  end
+  return m
+end
 local function publish(kind, id, nick, old)
-  local event = {type = kind, member = {id = id, nick = nick}, i = incarnation()}
+  local event = {type = kind, member = member(id, nick), i = incarnation()}
   event.v = redis.call('HINCRBY', presence, 'ver', 1)
   if old then event.old = old end
   redis.call('PUBLISH', channel, 'P' .. cjson.encode(event))
@@ -278,6 +297,7 @@ local function remove(conn)
     local nick = redis.call('HGET', members, id)
     redis.call('HDEL', members, id)
     if nick then publish('leave', id, nick) end
+    redis.call('HDEL', traits, id)
   end
 end
 local function sweep()
@@ -291,7 +311,7 @@ local function keep(ttl)
     if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
   end
 end
-local function add(conn, id, nick, ttl, renames)
+local function add(conn, id, nick, flags, ttl, renames)
   local prev = redis.call('HGET', conns, conn)
   if prev and prev ~= id then
     remove(conn)
@@ -305,6 +325,11 @@ local function add(conn, id, nick, ttl, renames)
   local known = redis.call('HGET', members, id)
   if not known then
     redis.call('HSET', members, id, nick)
+    if flags and flags ~= '' then
+      redis.call('HSET', traits, id, flags)
+    else
+      redis.call('HDEL', traits, id)
+    end
     publish('join', id, nick)
   elseif renames and known ~= nick then
     redis.call('HSET', members, id, nick)
@@ -314,9 +339,12 @@ local function add(conn, id, nick, ttl, renames)
 end
 if op == 'join' then
   sweep()
-  add(ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), true)
+  add(ARGV[5], ARGV[6], ARGV[7], ARGV[10], tonumber(ARGV[8]), true)
   local reply = state()
-  if ARGV[9] == '1' then reply[3] = redis.call('HGETALL', members) end
+  if ARGV[9] == '1' then
+    reply[3] = redis.call('HGETALL', members)
+    reply[4] = redis.call('HGETALL', traits)
+  end
   return reply
 elseif op == 'refresh' then
   -- No sweep and no member list: constant cost whatever the room's size.
@@ -325,7 +353,7 @@ elseif op == 'refresh' then
     redis.call('ZADD', expiry, now + ttl, conn)
     keep(ttl)
   else
-    add(conn, id, ARGV[7], ttl, false)
+    add(conn, id, ARGV[7], ARGV[9], ttl, false)
   end
   return {}
 elseif op == 'leave' then
@@ -346,6 +374,7 @@ end
 sweep()
 local reply = state()
 reply[3] = redis.call('HGETALL', members)
+reply[4] = redis.call('HGETALL', traits)
 return reply
 `;
 
