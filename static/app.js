@@ -5,11 +5,23 @@
  *
  * User content reaches the DOM only through `textContent` and safe attributes.
  * What the page does with edits, deletes, replies, typing and scroll-back
- * without the DOM lives in `lifecycle.js`, `typing.js` and `scrollback.js`.
+ * without the DOM lives in `lifecycle.js`, `typing.js` and `scrollback.js`;
+ * invite tokens, refusals and moderation wording in `access.js`.
  *
  * @module
  */
 
+import {
+  BAN_MINUTES,
+  describeKick,
+  describeRefusal,
+  hasControl,
+  MAX_REASON_LENGTH,
+  nickProblem,
+  nickRefusal,
+  readKick,
+  tokenFromHash,
+} from "./access.js";
 import { applyChange, ChangeMemory, quoteOf, readChange, refusal } from "./lifecycle.js";
 import { ANSWER_TIMEOUT_MS, readHistoryPage, ScrollBack } from "./scrollback.js";
 import { describeTyping, Throttle, TypingList } from "./typing.js";
@@ -25,10 +37,13 @@ import { codePoints, isId, isObject, readMember } from "./wire.js";
  */
 /**
  * A message of the room, text or file, in server order. `edited` is the time
- * of its latest edit; a deleted one keeps neither text nor file.
+ * of its latest edit; a deleted one keeps neither text nor file, and is
+ * `moderated` when someone other than its author deleted it. A `note` is no
+ * message but something that happened (a member was removed), shown after
+ * the message it followed and never stored.
  * @typedef {{ key: string, id: number, epoch: string, ts: number, from: Member | null,
  *   cid: string, text?: string, file?: FileInfo, stray?: boolean, replyTo?: number,
- *   edited?: number, deleted?: boolean }} Entry
+ *   edited?: number, deleted?: boolean, moderated?: boolean, note?: string }} Entry
  */
 /**
  * A message of ours that the server has not acked yet. `reply` is the message
@@ -67,7 +82,6 @@ const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const CLIENT_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
 const MIME_PATTERN = /^[\w.+-]+\/[\w.+-]+$/;
 const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
-const MAX_NICK_LENGTH = 32;
 const MAX_FILE_NAME_LENGTH = 255;
 /** The server's default MAX_MESSAGE_BYTES; a larger file would be refused anyway. */
 const MAX_FILE_BYTES = 2 * 1024 * 1024;
@@ -84,6 +98,7 @@ const MAX_SEND_ATTEMPTS = 5;
 const MEMORY_ENTRIES = 1000;
 const STORED_ENTRIES = 200;
 const STATE_WORDS = ["connecting", "open", "closing", "closed"];
+const READ_ONLY_WORDS = "This room is read-only for you.";
 const RECOVERY_NOTICE = "Could not resume: some messages may be missing.";
 /** Typing signals sent at most this often while someone types on. */
 const TYPING_EVERY_MS = 3_000;
@@ -141,6 +156,16 @@ const ui = {
   nickError: byId("nick-error", HTMLElement),
   nickCancel: byId("nick-cancel", HTMLButtonElement),
   template: byId("message-template", HTMLTemplateElement),
+  refusal: byId("refusal", HTMLElement),
+  refusalText: byId("refusal-text", HTMLElement),
+  tryAgain: byId("try-again", HTMLButtonElement),
+  readOnly: byId("read-only", HTMLElement),
+  fileButton: byId("file-button", HTMLLabelElement),
+  removeForm: byId("remove-form", HTMLFormElement),
+  removeWho: byId("remove-who", HTMLElement),
+  removeMinutes: byId("remove-minutes", HTMLSelectElement),
+  removeReason: byId("remove-reason", HTMLInputElement),
+  removeCancel: byId("remove-cancel", HTMLButtonElement),
 };
 
 // ---------------------------------------------------------------- storage
@@ -189,39 +214,27 @@ function loadClientId() {
   return fresh;
 }
 
+/**
+ * The invite token: one from the address (`#token=...`) replaces the one
+ * kept, and leaves the address so it is neither bookmarked nor shared.
+ *
+ * @returns {string | null}
+ */
+function takeToken() {
+  const { token, hash } = tokenFromHash(location.hash);
+  if (token !== null) store(localStorage, "parley.token", token);
+  if (hash !== location.hash) {
+    history.replaceState(history.state, "", location.pathname + location.search + hash);
+  }
+  const kept = token ?? load(localStorage, "parley.token");
+  // A damaged record is as good as none.
+  return kept ? tokenFromHash(`token=${encodeURIComponent(kept)}`).token : null;
+}
+
 /** @returns {string | null} */
 function loadNick() {
   const saved = load(localStorage, "parley.nick");
   return saved !== null && nickProblem(saved) === null ? saved.trim() : null;
-}
-
-/**
- * The server's nickname rule: 1 to 32 characters after trimming, no control
- * characters.
- *
- * @param {string} raw
- * @returns {string | null} What is wrong, or null when the nickname is fine.
- */
-function nickProblem(raw) {
-  const nick = raw.trim();
-  if (nick.length === 0) return "Enter a nickname.";
-  if ([...nick].length > MAX_NICK_LENGTH) {
-    return `A nickname has at most ${MAX_NICK_LENGTH} characters.`;
-  }
-  if (hasControl(nick)) return "A nickname cannot contain control characters.";
-  return null;
-}
-
-/**
- * @param {string} value
- * @returns {boolean}
- */
-function hasControl(value) {
-  for (const ch of value) {
-    const c = ch.codePointAt(0) ?? 0;
-    if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || c === 0x2028 || c === 0x2029) return true;
-  }
-  return false;
 }
 
 // ---------------------------------------------------------------- state
@@ -249,7 +262,15 @@ const pendingElements = new Map();
 const state = {
   room: roomFromPath(location.pathname),
   client: loadClientId(),
+  /** The invite token, sent in every hello; null in open mode. */
+  token: takeToken(),
+  /** True once a welcome accepted the token: a later 4401 means it expired. */
+  tokenAccepted: false,
   nick: loadNick(),
+  /** A hello was refused for its nickname: the socket waits for another one. */
+  needNick: false,
+  /** @type {string | null} A `nick` sent while joined and not answered yet. */
+  renaming: null,
   /** A per-load prefix so cids never repeat for this client, even across reloads. */
   cidPrefix: randomId(8),
   cidCount: 0,
@@ -273,6 +294,19 @@ const state = {
   leaving: false,
   /** True when the server closed normally (1000): wait for the user. */
   stopped: false,
+  /** @type {string | null} Why the server refused us (4401, 4403): no reconnecting. */
+  refused: null,
+  /** @type {string | null} The message of the refusal that comes before its close. */
+  refusalDetail: null,
+  /** @type {"write" | "read"} What we may do in the room, from `welcome`. */
+  access: "write",
+  /** True when we moderate the room: Delete on every message, Remove on members. */
+  moderator: false,
+  /** @type {string | null} The member whose Remove form is open. */
+  removing: null,
+  /** @type {Map<string, string>} cid of a kick sent to the nickname it removes */
+  kicks: new Map(),
+  noteCount: 0,
   reconnectWhenVisible: false,
   strayCount: 0,
   /** @type {ComposeMode | null} */
@@ -359,7 +393,8 @@ function saveRoom(room) {
   clearTimeout(room.saveTimer);
   room.saveTimer = undefined;
   if (room.epoch === null) return;
-  const entries = room.entries.filter((e) => !e.stray).slice(-STORED_ENTRIES).map((e) => ({
+  const kept = room.entries.filter((e) => !e.stray && e.note === undefined);
+  const entries = kept.slice(-STORED_ENTRIES).map((e) => ({
     id: e.id,
     ts: e.ts,
     from: e.from,
@@ -368,6 +403,7 @@ function saveRoom(room) {
     reply_to: e.replyTo,
     edited: e.edited,
     deleted: e.deleted,
+    moderated: e.moderated,
     file: e.file && {
       name: e.file.name,
       mime: e.file.mime,
@@ -411,6 +447,7 @@ function readEntry(value, epoch) {
   if (isId(value.reply_to)) entry.replyTo = value.reply_to;
   if (value.deleted === true) {
     entry.deleted = true;
+    if (value.moderated === true) entry.moderated = true; // a stored entry
     return entry;
   }
   if (typeof value.text === "string") {
@@ -476,13 +513,13 @@ function part(li, selector) {
  * Fills the body of a message with its text or its file.
  *
  * @param {HTMLElement} body
- * @param {{ text?: string, file?: FileInfo, deleted?: boolean }} content
+ * @param {{ text?: string, file?: FileInfo, deleted?: boolean, moderated?: boolean }} content
  */
 function fillBody(body, content) {
   if (content.deleted) {
     const note = document.createElement("span");
     note.className = "tombstone";
-    note.textContent = "message deleted";
+    note.textContent = content.moderated ? "message removed by a moderator" : "message deleted";
     body.append(note);
     return;
   }
@@ -520,10 +557,33 @@ function fillBody(body, content) {
 }
 
 /**
+ * Something that happened in the room, said quietly between the messages.
+ *
+ * @param {Entry} entry
+ * @param {string} note
+ * @returns {HTMLLIElement}
+ */
+function renderNote(entry, note) {
+  const li = document.createElement("li");
+  li.className = "note";
+  li.dataset.key = entry.key;
+  const text = document.createElement("span");
+  text.className = "note-text";
+  text.textContent = note;
+  const time = document.createElement("time");
+  time.className = "time";
+  time.textContent = formatTime(entry.ts);
+  time.setAttribute("datetime", new Date(entry.ts).toISOString());
+  li.append(text, " ", time);
+  return li;
+}
+
+/**
  * @param {Entry} entry
  * @returns {HTMLLIElement}
  */
 function renderEntry(entry) {
+  if (entry.note !== undefined) return renderNote(entry, entry.note);
   const li = cloneMessage();
   if (!entry.stray) li.dataset.id = String(entry.id);
   li.dataset.cid = entry.cid;
@@ -533,6 +593,7 @@ function renderEntry(entry) {
   const from = part(li, ".from");
   if (entry.from) {
     from.textContent = entry.from.nick;
+    if (entry.from.bot) part(li, ".bot-tag").hidden = false;
   } else {
     from.textContent = entry.stray ? "unannounced file" : "raw client";
     from.classList.add("raw");
@@ -601,13 +662,15 @@ function fillQuote(element, original) {
 }
 
 /**
- * Adds the Reply control, and Edit and Delete on our own messages. The server
- * refuses changes to others' messages anyway; the page does not offer them.
+ * Adds the Reply control, Edit on our own messages, and Delete on our own or,
+ * for a moderator, on every message. The server refuses anything else anyway;
+ * the page does not offer it, nor anything at all to a reader.
  *
  * @param {HTMLElement} tools
  * @param {Entry} entry
  */
 function fillTools(tools, entry) {
+  if (state.access === "read") return;
   /** @param {string} action @param {string} label @param {string} title */
   const tool = (action, label, title) => {
     const button = document.createElement("button");
@@ -619,9 +682,12 @@ function fillTools(tools, entry) {
     tools.append(button);
   };
   tool("reply", "Reply", "Reply to this message");
-  if (!isOwn(entry)) return;
-  if (entry.text !== undefined) tool("edit", "Edit", "Edit your message");
-  tool("delete", "Delete", "Delete your message");
+  if (isOwn(entry)) {
+    if (entry.text !== undefined) tool("edit", "Edit", "Edit your message");
+    tool("delete", "Delete", "Delete your message");
+  } else if (state.moderator) {
+    tool("delete", "Delete", "Delete this message for everyone (as a moderator)");
+  }
 }
 
 /**
@@ -703,7 +769,7 @@ function renderAll() {
  */
 function oldestShown(room) {
   for (const entry of room.entries) {
-    if (!entry.stray && entry.epoch === room.epoch) return entry.id;
+    if (!entry.stray && entry.note === undefined && entry.epoch === room.epoch) return entry.id;
   }
   return null;
 }
@@ -745,20 +811,169 @@ function renderMembers() {
   const sorted = [...members.values()].sort((a, b) =>
     a.nick.localeCompare(b.nick, undefined, { sensitivity: "base" }) || a.id.localeCompare(b.id)
   );
+  if (state.removing !== null && (!state.moderator || !members.has(state.removing))) {
+    closeRemoveForm(false);
+  }
+  // The form moves with the list: what was typed in it, and where, stays.
+  const focused = document.activeElement;
   const items = sorted.map((member) => {
     const li = document.createElement("li");
     li.dataset.member = member.id;
-    li.textContent = member.nick;
+    const name = document.createElement("span");
+    name.className = "member-name";
+    name.textContent = member.nick;
+    li.append(name);
     // "(you)" comes from CSS, so the item's text is exactly the nickname.
-    if (state.me && member.id === state.me.id) li.classList.add("me");
+    const self = state.me !== null && member.id === state.me.id;
+    if (self) li.classList.add("me");
+    if (state.moderator && !self) {
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "member-remove";
+      remove.dataset.member = member.id;
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", `Remove ${member.nick} from the room`);
+      remove.setAttribute("aria-expanded", String(state.removing === member.id));
+      li.append(remove);
+    }
+    if (state.removing === member.id) {
+      li.classList.add("removing");
+      li.append(ui.removeForm);
+    }
     return li;
   });
   ui.members.replaceChildren(...items);
   ui.memberCount.textContent = String(members.size);
+  if (focused instanceof HTMLElement && ui.removeForm.contains(focused)) focused.focus();
+}
+
+/**
+ * Opens the Remove form under a member (moderators only).
+ *
+ * @param {string} id
+ */
+function openRemoveForm(id) {
+  const member = members.get(id);
+  if (!member || !state.moderator) return;
+  state.removing = id;
+  ui.removeWho.textContent = member.nick;
+  ui.removeMinutes.value = "0";
+  ui.removeReason.value = "";
+  ui.removeForm.hidden = false;
+  renderMembers();
+  ui.removeMinutes.focus();
+}
+
+/**
+ * Closes the Remove form and puts it back, hidden, at the end of the panel.
+ *
+ * @param {boolean} refocus Move focus back to the member's Remove button.
+ */
+function closeRemoveForm(refocus) {
+  const id = state.removing;
+  state.removing = null;
+  ui.removeForm.hidden = true;
+  ui.membersPanel.append(ui.removeForm);
+  if (!refocus || id === null) return;
+  for (const button of ui.members.querySelectorAll("button.member-remove")) {
+    if (button instanceof HTMLButtonElement && button.dataset.member === id) {
+      button.setAttribute("aria-expanded", "false");
+      button.closest("li")?.classList.remove("removing");
+      button.focus();
+    }
+  }
+}
+
+/** Sends the removal the form describes. */
+function submitRemoval() {
+  const id = state.removing;
+  const member = id === null ? undefined : members.get(id);
+  if (!member) {
+    closeRemoveForm(false);
+    return;
+  }
+  const reason = ui.removeReason.value.trim();
+  if ([...reason].length > MAX_REASON_LENGTH || hasControl(reason)) {
+    ui.removeReason.setCustomValidity(
+      `A reason has at most ${MAX_REASON_LENGTH} characters, on one line.`,
+    );
+    ui.removeReason.reportValidity();
+    return;
+  }
+  const minutes = Number(ui.removeMinutes.value);
+  const ws = state.ws;
+  if (!ws || !state.joined) {
+    showNotice(`Cannot remove ${member.nick} while offline; try again once connected.`);
+    return;
+  }
+  const cid = nextCid();
+  state.kicks.set(cid, member.nick);
+  sendEnvelope(ws, {
+    type: "kick",
+    cid,
+    member: member.id,
+    minutes: BAN_MINUTES.includes(minutes) ? minutes : 0,
+    reason,
+  });
+  closeRemoveForm(false);
 }
 
 function renderNick() {
-  ui.nickLabel.textContent = state.nick ?? "choose a nickname";
+  const verified = state.me?.verified === true;
+  // With a token the name is the token's: there is nothing to choose.
+  const waiting = state.nick === null && state.token !== null && !state.joined;
+  ui.nickLabel.textContent = state.nick ?? (waiting ? "joining…" : "choose a nickname");
+  ui.nickButton.disabled = verified || waiting;
+  ui.nickButton.title = verified
+    ? "Your name comes from your invite link"
+    : waiting
+    ? "Joining with your invite link"
+    : "Change nickname";
+}
+
+/** Shows what we may do in the room: a reader gets no message box. */
+function renderAccess() {
+  const readOnly = state.access === "read";
+  ui.readOnly.hidden = !readOnly;
+  ui.text.disabled = readOnly;
+  ui.text.placeholder = readOnly ? "Read only" : "Write a message…";
+  ui.send.disabled = readOnly;
+  ui.file.disabled = readOnly;
+  ui.fileButton.classList.toggle("disabled", readOnly);
+  ui.fileButton.setAttribute("aria-disabled", String(readOnly));
+  if (readOnly) endCompose(false);
+}
+
+/**
+ * Stops for good after a refusal (4401, 4403): says why, offers to try again,
+ * and reconnects only when asked.
+ *
+ * @param {string} why
+ */
+function showRefusal(why) {
+  state.refused = why;
+  state.stopped = true;
+  state.needNick = false;
+  if (ui.nickDialog.open) ui.nickDialog.close();
+  ui.refusalText.textContent = why;
+  ui.refusal.hidden = false;
+  hideNotice();
+  closeRemoveForm(false);
+  typists.clear();
+  members.clear();
+  renderMembers();
+  showStatus();
+}
+
+function hideRefusal() {
+  state.refused = null;
+  ui.refusal.hidden = true;
+  ui.refusalText.textContent = "";
+}
+
+/** Whether the page can say hello: it needs a nickname or a token. */
+function canJoin() {
+  return state.nick !== null || state.token !== null;
 }
 
 function renderRoom() {
@@ -775,7 +990,8 @@ function showStatus() {
   if (ui.status.textContent !== word) ui.status.textContent = word;
   ui.status.dataset.state = word;
   const idle = !ws || ws.readyState === WebSocket.CLOSED;
-  ui.reconnect.hidden = !(idle && state.nick !== null && !state.leaving);
+  // After a refusal, its own "Try again" button is the way back.
+  ui.reconnect.hidden = !(idle && canJoin() && !state.leaving && state.refused === null);
   renderEdge(); // older messages can be asked for only while joined
 }
 
@@ -965,7 +1181,8 @@ function connect() {
   clearTimeout(state.reconnectTimer);
   state.reconnectTimer = undefined;
   state.reconnectWhenVisible = false;
-  if (state.nick === null || state.leaving) return;
+  // After a refusal only the person reconnects, with "Try again".
+  if (!canJoin() || state.leaving || state.refused !== null) return;
   if (state.ws && state.ws.readyState <= WebSocket.OPEN) return;
   state.stopped = false;
   let ws;
@@ -1027,7 +1244,10 @@ function scheduleReconnect() {
 function sendHello(ws) {
   const room = currentRoom();
   /** @type {Record<string, unknown>} */
-  const hello = { type: "hello", nick: state.nick, client: state.client };
+  const hello = { type: "hello", client: state.client };
+  // With a token the server takes the name from it; a nickname is then ignored.
+  if (state.token !== null) hello.token = state.token;
+  if (state.nick !== null && state.me?.verified !== true) hello.nick = state.nick;
   if (room.epoch !== null && room.lastId > 0) hello.last = { epoch: room.epoch, id: room.lastId };
   sendEnvelope(ws, hello);
 }
@@ -1080,6 +1300,18 @@ function onClose(ws, event) {
   countFailedSends(ws);
   showStatus();
   if (state.leaving) return;
+  const refused = describeRefusal({
+    code: event.code,
+    reason: event.reason,
+    detail: state.refusalDetail,
+    hadToken: state.token !== null,
+    accepted: state.tokenAccepted,
+  });
+  state.refusalDetail = null;
+  if (refused !== null) {
+    showRefusal(refused);
+    return;
+  }
   if (event.code === 1000) {
     // A normal close is the server's deliberate choice: wait for the user.
     state.stopped = true;
@@ -1176,10 +1408,13 @@ function onEnvelope(ws, envelope) {
         // Every tab with our client id is the same member, so shares the nickname.
         state.me = member;
         state.nick = member.nick;
+        state.renaming = null;
         renderNick();
       }
       return renderMembers();
     }
+    case "kick":
+      return onKick(envelope);
     case "error":
       return onError(ws, envelope);
     default:
@@ -1196,6 +1431,19 @@ function onWelcome(ws, envelope) {
   const epoch = typeof envelope.epoch === "string" ? envelope.epoch : "";
   state.me = readMember(envelope.you);
   state.joined = true;
+  state.needNick = false;
+  state.renaming = null;
+  state.refusalDetail = null;
+  if (state.me?.verified === true) {
+    // The token names us; the name is not stored as a nickname of our own.
+    state.nick = state.me.nick;
+    if (state.token !== null) state.tokenAccepted = true;
+    if (ui.nickDialog.open) ui.nickDialog.close();
+  }
+  renderNick();
+  state.access = envelope.access === "read" ? "read" : "write";
+  state.moderator = envelope.moderator === true;
+  renderAccess();
   members.clear();
   for (const value of Array.isArray(envelope.members) ? envelope.members : []) {
     const member = readMember(value);
@@ -1225,6 +1473,31 @@ function onWelcome(ws, envelope) {
     if (!item.failed) transmit(ws, item);
   }
   for (const change of room.changes) transmitChange(ws, change);
+}
+
+/**
+ * Someone was removed from the room: they leave the list, and the
+ * conversation says so quietly. Our own removal closes the socket instead.
+ *
+ * @param {Record<string, unknown>} envelope
+ */
+function onKick(envelope) {
+  const kick = readKick(envelope);
+  if (!kick) return;
+  members.delete(kick.member.id);
+  typists.remove(kick.member.id);
+  renderMembers();
+  const room = currentRoom();
+  state.noteCount++;
+  addEntry(room, {
+    key: `note:${state.noteCount}`,
+    id: room.lastId,
+    epoch: room.epoch ?? "",
+    ts: Date.now(),
+    from: null,
+    cid: "",
+    note: describeKick(kick),
+  });
 }
 
 /** @param {unknown} limits The `limits` of `welcome`. */
@@ -1430,9 +1703,38 @@ function onError(ws, envelope) {
     onChangeError(ws, room, change, code, message, retry);
     return;
   }
-  if (code === "bad_nick") {
-    openNickDialog(`The server refused the nickname: ${message}`);
-  } else if (code === "bad_last" && !state.joined) {
+  if (!state.joined && (code === "unauthorized" || code === "forbidden")) {
+    // The close that follows says it; this message says why in detail.
+    state.refusalDetail = message;
+    return;
+  }
+  if (code === "nick_taken" || code === "bad_nick") {
+    onNickRefused(code, message);
+    return;
+  }
+  const kicked = cid === null ? undefined : state.kicks.get(cid);
+  if (cid !== null && kicked !== undefined) {
+    state.kicks.delete(cid);
+    const why = code === "forbidden"
+      ? "only a moderator of this room can remove members."
+      : message || code;
+    showNotice(`Could not remove ${kicked}: ${why}`);
+    return;
+  }
+  if (code === "forbidden" && state.renaming !== null) {
+    state.renaming = null;
+    state.nick = state.me?.nick ?? state.nick;
+    renderNick();
+    showNotice("Your name comes from your invite link; it cannot be changed here.");
+    return;
+  }
+  if (code === "forbidden" && (item || state.access === "read")) {
+    // A message is refused outright only when the room is read-only for us.
+    if (item) failOutgoing(room, item, "this room is read-only for you");
+    showNotice(READ_ONLY_WORDS);
+    return;
+  }
+  if (code === "bad_last" && !state.joined) {
     // The saved position is no good here: forget it and join afresh on a new
     // connection (whether a welcome would still follow is not specified).
     resetEntries(room);
@@ -1455,6 +1757,30 @@ function onError(ws, envelope) {
   const plain = refusal(code);
   if (plain) showNotice(plain);
   else showNotice(message ? `Server error (${code}): ${message}` : `Server error: ${code}`);
+}
+
+/**
+ * The server refused a nickname: at hello (the socket waits for another
+ * hello) or for a rename (the old name stays). Either way the person picks
+ * another one.
+ *
+ * @param {string} code `nick_taken` or `bad_nick`.
+ * @param {string} message
+ */
+function onNickRefused(code, message) {
+  const tried = state.renaming ?? state.nick;
+  if (state.joined) {
+    state.renaming = null;
+    if (state.me) {
+      state.nick = state.me.nick;
+      store(localStorage, "parley.nick", state.me.nick);
+    }
+  } else {
+    state.needNick = true;
+  }
+  renderNick();
+  // Without any name yet (a token the server does not use), just ask for one.
+  openNickDialog(tried === null ? undefined : nickRefusal(code, message), tried ?? "");
 }
 
 /**
@@ -1818,11 +2144,15 @@ function saveEdit(text) {
 
 // ---------------------------------------------------------------- nickname
 
-/** @param {string} [problem] */
-function openNickDialog(problem) {
-  ui.nickInput.value = state.nick ?? "";
+/**
+ * @param {string} [problem] What was wrong with the last one, in words.
+ * @param {string} [value] What the box starts with; the current nickname by default.
+ */
+function openNickDialog(problem, value) {
+  ui.nickInput.value = value ?? state.nick ?? "";
   ui.nickError.textContent = problem ?? "";
-  ui.nickCancel.hidden = state.nick === null;
+  // Without a nickname the server accepts there is no joining: no way out.
+  ui.nickCancel.hidden = state.nick === null || state.needNick;
   if (!ui.nickDialog.open) ui.nickDialog.showModal();
   ui.nickInput.focus();
   ui.nickInput.select();
@@ -1835,11 +2165,16 @@ function applyNick(nick) {
   store(localStorage, "parley.nick", nick);
   renderNick();
   const ws = state.ws;
-  if (first || !ws || ws.readyState === WebSocket.CLOSED) {
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    if (state.joined) {
+      state.renaming = nick;
+      sendEnvelope(ws, { type: "nick", nick });
+    } else if (state.needNick) {
+      state.needNick = false;
+      sendHello(ws); // the last hello was refused for its nickname
+    }
+  } else if (first || !ws || ws.readyState === WebSocket.CLOSED) {
     connect();
-  } else if (ws.readyState === WebSocket.OPEN) {
-    if (state.joined) sendEnvelope(ws, { type: "nick", nick });
-    else sendHello(ws); // the first hello was refused for its nickname
   }
   showStatus();
 }
@@ -1851,6 +2186,8 @@ function switchRoom(name) {
   if (name === state.room) return;
   disconnect();
   hideNotice();
+  hideRefusal();
+  closeRemoveForm(false);
   saveRoom(currentRoom());
   endCompose(false);
   typists.clear();
@@ -1858,6 +2195,11 @@ function switchRoom(name) {
   state.me = null;
   state.attempt = 0;
   state.stopped = false;
+  state.refusalDetail = null;
+  // Access is per room: the welcome of the next one says it.
+  state.access = "write";
+  state.moderator = false;
+  renderAccess();
   members.clear();
   renderMembers();
   renderRoom();
@@ -1871,7 +2213,11 @@ ui.compose.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = ui.text.value;
   if (text.trim() === "") return;
-  if (state.nick === null) {
+  if (state.access === "read") {
+    showNotice(READ_ONLY_WORDS);
+    return;
+  }
+  if (!canJoin()) {
     openNickDialog();
     return;
   }
@@ -1923,7 +2269,7 @@ ui.messages.addEventListener("click", (event) => {
   if (!entry || entry.deleted) return;
   if (button.dataset.action === "reply") startReply(entry);
   else if (button.dataset.action === "edit" && isOwn(entry)) startEdit(entry);
-  else if (button.dataset.action === "delete" && isOwn(entry)) {
+  else if (button.dataset.action === "delete" && (isOwn(entry) || state.moderator)) {
     if (state.compose?.key === entry.key) endCompose(state.compose.kind === "edit");
     requestChange(entry, "delete");
   }
@@ -1967,7 +2313,8 @@ ui.messages.addEventListener("scroll", () => {
 ui.nickButton.addEventListener("click", () => openNickDialog());
 ui.nickCancel.addEventListener("click", () => ui.nickDialog.close());
 ui.nickDialog.addEventListener("cancel", (event) => {
-  if (state.nick === null) event.preventDefault(); // a nickname is needed to join
+  // A nickname is needed to join.
+  if (state.nick === null || state.needNick) event.preventDefault();
 });
 ui.nickForm.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -2003,6 +2350,36 @@ ui.membersToggle.addEventListener("click", () => {
 });
 
 ui.noticeClose.addEventListener("click", hideNotice);
+
+ui.members.addEventListener("click", (event) => {
+  const target = event.target;
+  if (!(target instanceof HTMLElement)) return;
+  const button = target.closest("button.member-remove");
+  if (!(button instanceof HTMLButtonElement)) return;
+  const id = button.dataset.member ?? "";
+  if (state.removing === id) closeRemoveForm(true);
+  else openRemoveForm(id);
+});
+
+ui.removeForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  submitRemoval();
+});
+ui.removeReason.addEventListener("input", () => ui.removeReason.setCustomValidity(""));
+ui.removeCancel.addEventListener("click", () => closeRemoveForm(true));
+ui.removeForm.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") {
+    event.preventDefault();
+    closeRemoveForm(true);
+  }
+});
+
+ui.tryAgain.addEventListener("click", () => {
+  // One new attempt: should it be refused again, the page stops again.
+  hideRefusal();
+  state.attempt = 0;
+  connect();
+});
 
 ui.reconnect.addEventListener("click", () => {
   state.attempt = 0;
@@ -2055,6 +2432,7 @@ renderRoom();
 renderNick();
 renderAll();
 renderMembers();
+renderAccess();
 showStatus();
-if (state.nick === null) openNickDialog();
-else connect();
+if (canJoin()) connect();
+else openNickDialog();

@@ -19,8 +19,10 @@ import { isId, isObject, readMember } from "./wire.js";
  *   deleted: boolean }} Change
  */
 /**
- * The parts of a message that a change touches.
- * @typedef {{ text?: string, file?: unknown, edited?: number, deleted?: boolean }} Changeable
+ * The parts of a message that a change touches. `moderated` marks a message
+ * deleted by someone other than its author (a moderator, the server).
+ * @typedef {{ from?: Member | null, text?: string, file?: unknown, edited?: number,
+ *   deleted?: boolean, moderated?: boolean }} Changeable
  */
 
 /** Longest quote of a replied-to message, in characters. */
@@ -53,6 +55,19 @@ export function readChange(value) {
 }
 
 /**
+ * Whether a delete was made by someone other than the message's author. An
+ * unknown deleter (no `from`) counts as the author.
+ *
+ * @param {Changeable} message
+ * @param {Change} change
+ * @returns {boolean}
+ */
+export function deletedByOther(message, change) {
+  if (change.kind !== "delete" || change.from === null || message.from === undefined) return false;
+  return message.from === null || message.from.id !== change.from.id;
+}
+
+/**
  * Applies a change to the message it targets. A delete always wins; an edit
  * older than the text shown (a replay repeats edits already applied) is
  * skipped. The caller frees what a deleted message owned (a file's blob: URL).
@@ -62,8 +77,14 @@ export function readChange(value) {
  * @returns {boolean} Whether the message changed.
  */
 export function applyChange(message, change) {
-  if (message.deleted) return false;
+  if (message.deleted) {
+    // A replay brings a message already deleted, then the delete: it says who.
+    if (message.moderated || !deletedByOther(message, change)) return false;
+    message.moderated = true;
+    return true;
+  }
   if (change.kind === "delete" || change.deleted) {
+    if (deletedByOther(message, change)) message.moderated = true;
     message.deleted = true;
     delete message.text;
     delete message.file;
@@ -120,13 +141,19 @@ export class ChangeMemory {
  * What a reply shows of the message it answers.
  *
  * @param {{ from: Member | null, text?: string, file?: { name: string },
- *   deleted?: boolean } | undefined} original Undefined when the page does not have it.
+ *   deleted?: boolean, moderated?: boolean } | undefined} original Undefined when the
+ *   page does not have it.
  * @returns {{ from: string | null, text: string }}
  */
 export function quoteOf(original) {
   if (!original) return { from: null, text: "an earlier message" };
   const from = original.from?.nick ?? "raw client";
-  if (original.deleted) return { from, text: "message deleted" };
+  if (original.deleted) {
+    return {
+      from,
+      text: original.moderated ? "message removed by a moderator" : "message deleted",
+    };
+  }
   if (original.text !== undefined) return { from, text: shorten(original.text, QUOTE_LENGTH) };
   if (original.file) return { from, text: original.file.name };
   return { from, text: "a message" };

@@ -6,7 +6,11 @@
  * @module
  */
 
-/** @typedef {{ id: string, nick: string }} Member */
+/**
+ * A member as the server names it. `verified` is true when a signed token (or
+ * the server API) vouches for the name; `bot` marks the server API's messages.
+ * @typedef {{ id: string, nick: string, verified?: boolean, bot?: boolean }} Member
+ */
 
 /**
  * @param {unknown} value
@@ -34,7 +38,11 @@ export function readMember(value) {
   if (!isObject(value) || typeof value.id !== "string" || typeof value.nick !== "string") {
     return null;
   }
-  return { id: value.id, nick: value.nick };
+  /** @type {Member} */
+  const member = { id: value.id, nick: value.nick };
+  if (typeof value.verified === "boolean") member.verified = value.verified;
+  if (value.bot === true) member.bot = true;
+  return member;
 }
 
 /**

@@ -11,6 +11,7 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
+import { SignJWT } from "jose";
 import { type Browser, chromium, type Locator, type Page } from "playwright-core";
 import { connect, startServer, type TestServer } from "./helpers.ts";
 
@@ -42,6 +43,8 @@ interface Person {
   dialogs: string[];
   /** Uncaught page errors and CSP violations. */
   problems: string[];
+  /** URLs of the WebSockets the page opened, in order. */
+  sockets: string[];
 }
 
 /** What a browser test gets: its own server and browser, closed afterwards. */
@@ -125,7 +128,8 @@ function browserTest(
 
 /** Records dialogs, page errors and CSP violations of a page. */
 function watch(nick: string, page: Page): Person {
-  const person: Person = { nick, page, dialogs: [], problems: [] };
+  const person: Person = { nick, page, dialogs: [], problems: [], sockets: [] };
+  page.on("websocket", (socket) => person.sockets.push(socket.url()));
   page.on("dialog", (dialog) => {
     person.dialogs.push(dialog.message());
     dialog.dismiss().catch(() => {});
@@ -830,3 +834,327 @@ browserTest("a reply quotes the message it answers", async (world) => {
   assert.equal(await messageWith(bob.page, "no reply here").locator(".quote").isHidden(), true);
   assertNoProblems(ann, bob);
 });
+
+// ---------------------------------------------------------------- identity and moderation
+
+/** The signing secret of the token-mode tests: 32 bytes or more, as the server requires. */
+const AUTH_SECRET = "browser-test-secret-that-is-long-enough-0123456789";
+const TOKEN_MODE = { auth: "token", authSecret: AUTH_SECRET } as const;
+
+/** Claims of a test token; `ttl` in seconds, negative for one that expired. */
+interface TokenClaims {
+  sub: string;
+  name?: string;
+  rooms?: string[];
+  read?: string[];
+  mod?: string[];
+  ttl?: number;
+  secret?: string;
+}
+
+/** Signs an HS256 token as an identity provider would. */
+function signToken({ ttl = 600, secret = AUTH_SECRET, ...claims }: TokenClaims): Promise<string> {
+  return new SignJWT({ ...claims })
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuedAt()
+    .setExpirationTime(Math.floor(Date.now() / 1000) + ttl)
+    .sign(new TextEncoder().encode(secret));
+}
+
+/** Opens an invite link (`/room#token=...`) in a fresh context, without waiting to join. */
+async function openInvite(world: World, label: string, room: string, token: string) {
+  const person = watch(label, await world.newPage(label));
+  const response = await person.page.goto(`${world.server.url}/${room}#token=${token}`);
+  assert.equal(response?.status(), 200);
+  return person;
+}
+
+/** Opens an invite link and waits until the page has joined as `name`. */
+async function joinInvite(world: World, name: string, room: string, token: string) {
+  const person = await openInvite(world, name, room, token);
+  await waitForStatus(person.page, "open");
+  await person.page.locator("#members li.me", { hasText: name }).waitFor();
+  return person;
+}
+
+/** Waits until the page shows why it was refused, and returns the words. */
+async function waitForRefusal(page: Page, words: string | RegExp): Promise<string> {
+  const text = page.locator("#refusal-text");
+  await page.locator("#refusal", { has: page.locator("#refusal-text", { hasText: words }) })
+    .waitFor();
+  return await text.textContent() ?? "";
+}
+
+/** Asserts that the page opens no WebSocket for `ms` after its last one. */
+async function assertNoReconnect(person: Person, ms = 2_000): Promise<void> {
+  const before = person.sockets.length;
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  assert.equal(
+    person.sockets.length,
+    before,
+    `${person.nick}'s page opened no new connection in ${ms} ms`,
+  );
+  assert.equal(await person.page.locator("#status").textContent(), "closed");
+  assert.equal(await person.page.locator("#reconnect").isHidden(), true, "no Reconnect button");
+  assert.equal(await person.page.locator("#try-again").isVisible(), true, "Try again is offered");
+}
+
+/** Whether the nickname dialog is open. */
+function nickDialogOpen(page: Page): Promise<boolean> {
+  return page.locator("#nick-dialog").evaluate((dialog) => (dialog as HTMLDialogElement).open);
+}
+
+browserTest(
+  "an invite link joins under the token's name, leaves the address and survives a reload",
+  async (world) => {
+    const token = await signToken({ sub: "u-ann", name: "Ann Lee", rooms: ["team"] });
+    const ann = await joinInvite(world, "Ann Lee", "team", token);
+    const page = ann.page;
+    assert.equal(page.url(), `${world.server.url}/team`, "the token left the address bar");
+    assert.equal(await nickDialogOpen(page), false, "no nickname is asked for");
+    assert.equal(await page.locator("#nick-label").textContent(), "Ann Lee");
+    assert.equal(await page.locator("#nick-button").isDisabled(), true, "the name cannot change");
+    assert.equal(
+      await page.evaluate(() =>
+        (globalThis as unknown as { parley: { me: { verified?: boolean } } }).parley.me.verified
+      ),
+      true,
+    );
+
+    await say(ann, "hello from an invite");
+    await waitForMessage(page, "hello from an invite", "Ann Lee");
+    // A message posted through the server API carries a bot tag; a person's does not.
+    await world.server.app.hub.post("team", { text: "build 42 passed", name: "ci" });
+    await waitForMessage(page, "build 42 passed", "ci");
+    assert.equal(
+      await visibleText(messageWith(page, "build 42 passed").locator(".bot-tag")),
+      "bot",
+    );
+    assert.equal(
+      await messageWith(page, "hello from an invite").locator(".bot-tag").isHidden(),
+      true,
+    );
+
+    // The token was kept: a reload joins again, still without a prompt or a fragment.
+    await page.reload();
+    await waitForStatus(page, "open");
+    await page.locator("#members li.me", { hasText: "Ann Lee" }).waitFor();
+    await waitForMessage(page, "build 42 passed", "ci");
+    assert.equal(await nickDialogOpen(page), false);
+    assert.equal(page.url(), `${world.server.url}/team`);
+    assert.equal(ann.sockets.length, 2, "one connection per load");
+
+    // A room the invite does not name is refused; going back to one it names joins.
+    await page.locator("#room-input").fill("elsewhere");
+    await page.locator("#room-input").press("Enter");
+    await waitForRefusal(page, "Your invite does not include this room.");
+    await page.goBack();
+    await page.waitForURL(`${world.server.url}/team`);
+    await waitForStatus(page, "open");
+    await page.locator("#members li.me", { hasText: "Ann Lee" }).waitFor();
+    assert.equal(
+      await page.locator("#refusal").isHidden(),
+      true,
+      "the refusal was for the other room",
+    );
+    assertNoProblems(ann);
+  },
+  TOKEN_MODE,
+);
+
+browserTest("an invite that expires while connected says so and stops", async (world) => {
+  // Whole seconds: it expires 3 to 4 s from now, long after the page has joined.
+  const token = await signToken({ sub: "u-tim", name: "tim", rooms: ["team"], ttl: 4 });
+  const tim = await joinInvite(world, "tim", "team", token);
+  await waitForRefusal(tim.page, "Your access expired. Open a fresh invite link to continue.");
+  await assertNoReconnect(tim);
+  assert.equal(tim.sockets.length, 1);
+  assertNoProblems(tim);
+}, TOKEN_MODE);
+
+browserTest(
+  "an expired, forged or missing invite is refused in plain words and not retried",
+  async (world) => {
+    const expired = await signToken({ sub: "u-old", name: "old", rooms: ["team"], ttl: -600 });
+    const forged = await signToken({
+      sub: "u-eve",
+      name: "eve",
+      rooms: ["team"],
+      secret: "not-the-server-secret-but-just-as-long-0123456789",
+    });
+    const invalid = "Your invite link has expired or is not valid. Ask for a new link.";
+    const late = await openInvite(world, "expired", "team", expired);
+    const eve = await openInvite(world, "forged", "team", forged);
+    // Without any token the page cannot know it needs one: it asks for a nickname first.
+    const bare = watch("no-token", await world.newPage("no-token"));
+    await bare.page.goto(`${world.server.url}/team`);
+    await bare.page.locator("#nick-input").fill("walk-in");
+    await bare.page.locator("#nick-input").press("Enter");
+
+    await waitForRefusal(late.page, invalid);
+    await waitForRefusal(eve.page, invalid);
+    await waitForRefusal(bare.page, "This room needs an invite link. Ask for one to join.");
+    assert.equal(
+      late.page.url(),
+      `${world.server.url}/team`,
+      "a refused token leaves the address too",
+    );
+    await Promise.all([late, eve, bare].map((person) => assertNoReconnect(person)));
+    for (const person of [late, eve, bare]) {
+      assert.equal(person.sockets.length, 1, `${person.nick}: one connection, then none`);
+    }
+
+    // "Try again" connects once more, and stops again when refused again.
+    await late.page.locator("#try-again").click();
+    await waitForRefusal(late.page, invalid);
+    await assertNoReconnect(late, 1_000);
+    assert.equal(late.sockets.length, 2, "Try again made exactly one connection");
+    assertNoProblems(late, eve, bare);
+  },
+  TOKEN_MODE,
+);
+
+browserTest(
+  "a moderator deletes any message and removes a member with a ban",
+  async (world) => {
+    const modToken = await signToken({ sub: "u-mo", name: "Mo", rooms: ["team"], mod: ["team"] });
+    const annToken = await signToken({ sub: "u-ann", name: "ann", rooms: ["team"] });
+    const mo = await joinInvite(world, "Mo", "team", modToken);
+    const ann = await joinInvite(world, "ann", "team", annToken);
+    await mo.page.locator("#members li", { hasText: "ann" }).waitFor();
+
+    await say(ann, "buy cheap pills");
+    await waitForMessage(mo.page, "buy cheap pills", "ann");
+    await say(mo, "please don't");
+    await waitForMessage(ann.page, "please don't", "Mo");
+    const spam = messageWith(mo.page, "buy cheap pills");
+    assert.deepEqual(await spam.locator("button.tool").allTextContents(), ["Reply", "Delete"]);
+    assert.deepEqual(
+      await messageWith(ann.page, "please don't").locator("button.tool").allTextContents(),
+      ["Reply"],
+      "a member deletes only their own",
+    );
+    const id = await spam.getAttribute("data-id");
+    await spam.locator("button.tool", { hasText: "Delete" }).click();
+    for (const page of [mo.page, ann.page]) {
+      await page.locator(`#messages .msg[data-id="${id}"] .tombstone`, {
+        hasText: "message removed by a moderator",
+      }).waitFor();
+    }
+
+    // Remove controls: for the moderator, next to everyone but themselves.
+    assert.equal(await ann.page.locator("#members button.member-remove").count(), 0);
+    assert.equal(await mo.page.locator("#members li.me button.member-remove").count(), 0);
+    const annItem = mo.page.locator("#members li", { hasText: "ann" });
+    await annItem.locator("button.member-remove").click();
+    const form = annItem.locator("#remove-form");
+    await form.waitFor();
+    assert.equal(await mo.page.locator("#remove-who").textContent(), "ann");
+    await form.locator("#remove-minutes").selectOption("10");
+    await form.locator("#remove-reason").fill("spam");
+    const sockets = ann.sockets.length;
+    await form.locator("button[type=submit]").click();
+
+    await waitForRefusal(ann.page, "You were removed from this room by a moderator: spam");
+    await assertNoReconnect(ann);
+    assert.equal(ann.sockets.length, sockets, "the removed page did not reconnect");
+    const note = mo.page.locator("#messages .note .note-text");
+    await note.waitFor();
+    assert.match(await note.textContent() ?? "", /^ann was removed by Mo until .+ \(spam\)$/);
+    await mo.page.waitForFunction(
+      () => document.querySelectorAll("#members li").length === 1,
+      null,
+      { timeout: TIMEOUT_MS },
+    );
+    assert.equal(await mo.page.locator("#remove-form").isHidden(), true);
+
+    // Trying again meets the ban, said with a local time, and stops again.
+    await ann.page.locator("#try-again").click();
+    const banned = await waitForRefusal(ann.page, /^You can't join this room until /);
+    assert.match(banned, /^You can't join this room until .*\d\d.*\.$/);
+    await assertNoReconnect(ann, 1_000);
+    assert.equal(ann.sockets.length, sockets + 1, "Try again connected exactly once");
+    assertNoProblems(mo, ann);
+  },
+  TOKEN_MODE,
+);
+
+browserTest("a read-only invite shows the room without a message box", async (world) => {
+  const writer = await signToken({ sub: "u-wes", name: "wes", rooms: ["team"] });
+  const reader = await signToken({ sub: "u-rita", name: "rita", read: ["team"] });
+  const wes = await joinInvite(world, "wes", "team", writer);
+  const rita = await joinInvite(world, "rita", "team", reader);
+  await say(wes, "the plan for today");
+  await waitForMessage(rita.page, "the plan for today", "wes");
+
+  const page = rita.page;
+  assert.equal(await visibleText(page.locator("#read-only")), "This room is read-only for you");
+  assert.equal(await page.locator("#text").isDisabled(), true, "the message box is disabled");
+  assert.equal(await page.locator("#send").isDisabled(), true);
+  assert.equal(await page.locator("#file").isDisabled(), true, "files cannot be attached");
+  assert.equal(await page.locator("#messages button.tool").count(), 0, "no reply, edit or delete");
+  assert.equal(await wes.page.locator("#read-only").isHidden(), true);
+  assert.equal(await wes.page.locator("#text").isDisabled(), false);
+
+  // What the page does not offer, the server refuses; the page says why.
+  await page.evaluate(() => {
+    const parley = (globalThis as unknown as { parley: { ws: WebSocket } }).parley;
+    parley.ws.send(JSON.stringify({ type: "message", cid: "forged-1", text: "let me in" }));
+  });
+  await page.locator("#notice-text", { hasText: "This room is read-only for you." }).waitFor();
+  await say(wes, "still only mine");
+  await waitForMessage(page, "still only mine", "wes");
+  assert.equal(await messageWith(wes.page, "let me in").count(), 0, "nothing was posted");
+  assert.equal(await page.locator("#status").textContent(), "open", "a refusal is not a kick");
+  assertNoProblems(wes, rita);
+}, TOKEN_MODE);
+
+browserTest(
+  "a nickname taken in another case asks for another one, then joins",
+  async (world) => {
+    const ann = await world.join("ann");
+    assert.equal(
+      await ann.page.evaluate(() =>
+        (globalThis as unknown as { parley: { me: { verified?: boolean } } }).parley.me.verified
+      ),
+      false,
+      "open mode: nobody is verified",
+    );
+    const page = await world.newPage("second");
+    const second = watch("second", page);
+    await page.goto(world.server.url);
+    await page.locator("#nick-input").fill("ANN");
+    await page.locator("#nick-input").press("Enter");
+    await page.locator("#nick-error", {
+      hasText: "That name is taken in this room; choose another.",
+    }).waitFor();
+    assert.equal(await nickDialogOpen(page), true, "the prompt stays for another name");
+    assert.equal(await page.locator("#nick-cancel").isHidden(), true, "no way around it");
+    assert.equal(await page.locator("#nick-input").inputValue(), "ANN");
+    assert.equal(await page.locator("#members li").count(), 0, "not joined");
+
+    // Invisible characters are refused before asking the server.
+    await page.locator("#nick-input").fill("bo\u200bb");
+    await page.locator("#nick-input").press("Enter");
+    await page.locator("#nick-error", { hasText: "invisible characters" }).waitFor();
+
+    await page.locator("#nick-input").fill("bob");
+    await page.locator("#nick-input").press("Enter");
+    await page.locator("#members li.me", { hasText: "bob" }).waitFor();
+    await ann.page.locator("#members li", { hasText: "bob" }).waitFor();
+    assert.equal(second.sockets.length, 1, "the same connection said hello again");
+    await say(second, "hi, I'm bob");
+    await waitForMessage(ann.page, "hi, I'm bob", "bob");
+
+    // A rename to a taken name is refused too, and the old name stays.
+    await page.locator("#nick-button").click();
+    await page.locator("#nick-input").fill("Ann");
+    await page.locator("#nick-input").press("Enter");
+    await page.locator("#nick-error", { hasText: "taken" }).waitFor();
+    await page.locator("#nick-cancel").click();
+    assert.equal(await page.locator("#nick-label").textContent(), "bob");
+    const names = await ann.page.locator("#members li").allTextContents();
+    assert.deepEqual(names.sort(), ["ann", "bob"]);
+    assertNoProblems(ann, second);
+  },
+);
