@@ -7,6 +7,8 @@
  */
 
 import { admit, checkNickFree } from "./admission.ts";
+import type { BatchFrame } from "./batch.ts";
+import { membersPage, WELCOME_MEMBERS } from "./presence.ts";
 import type { EngineEvent, MessageDraft } from "./engine.ts";
 import type { ConnectInfo, Hub, Socket } from "./hub.ts";
 import { type Actor, authorizeChange, type Change } from "./lifecycle.ts";
@@ -140,6 +142,10 @@ export class Connection {
   #unread = 0;
   /** In its room's `lagging` set. */
   lagging = false;
+  /** The client takes `batch` frames and `presence` envelopes (`"batch": true`). */
+  batch = false;
+  /** Sequence number of the first room event waiting in the room's batch for it, or 0. */
+  batchFrom = 0;
   /** The rate limit, when there is one. */
   #pacer?: Pacer<string | Uint8Array>;
   /** What this connection may do in its room. */
@@ -260,6 +266,47 @@ export class Connection {
     return this.#cost + this.#unread <= limit || (ask && this.#queueCost() <= limit);
   }
 
+  /** Whether room events reach this peer through the room's batch now. */
+  get batched(): boolean {
+    return this.batch && this.#state === "live" && this.#backlog === null;
+  }
+
+  /**
+   * What an event means for this connection itself, whether it is delivered
+   * one by one or in a batch: a kick of this member closes it, a rename of
+   * it changes its nick.
+   *
+   * @returns False when the connection closed.
+   */
+  prepare(event: EngineEvent): boolean {
+    if (event.type === "kick" && event.member.id === this.member?.id) {
+      const reason = event.reason ? `kicked: ${event.reason}` : "kicked by a moderator";
+      // A close reason holds at most 123 bytes.
+      this.close(CloseCode.forbidden, truncateUtf8(reason, 123));
+      return false;
+    }
+    if (event.type === "rename" && event.member.id === this.member?.id) {
+      this.member = { ...this.member, nick: event.member.nick };
+    }
+    return true;
+  }
+
+  /** Sends a batch frame and the bytes of its files. */
+  sendBatch(batch: BatchFrame): void {
+    if (batch.last) {
+      this.#epoch = batch.last.epoch;
+      this.#lastId = Math.max(this.#lastId, batch.last.id);
+    }
+    this.hub.traffic.relays += batch.messages;
+    if (!this.#send(batch.frame)) return;
+    for (const data of batch.binaries) this.#send(data);
+  }
+
+  /** Sends an envelope already serialised (presence updates). */
+  sendJson(json: string): void {
+    if (this.#state === "live" && this.rich && this.member) this.#send(json);
+  }
+
   /** Delivers one engine event (the room builds `out` once for all peers). */
   deliver(event: EngineEvent, out?: Outgoing): void {
     if (this.#state === "closed") return;
@@ -271,21 +318,19 @@ export class Connection {
       this.#sendMessage(out ?? new Outgoing(event.message));
       return;
     }
-    if (event.type === "kick" && event.member.id === this.member?.id) {
-      const reason = event.reason ? `kicked: ${event.reason}` : "kicked by a moderator";
-      // A close reason holds at most 123 bytes.
-      this.close(CloseCode.forbidden, truncateUtf8(reason, 123));
+    if (!this.prepare(event)) return;
+    if (!this.rich || !this.member) return;
+    // Batch clients learn presence from `presence` envelopes.
+    if (
+      this.batch && (event.type === "join" || event.type === "leave" || event.type === "rename")
+    ) {
       return;
     }
-    if (!this.rich || !this.member) return;
     if (event.type === "typing") {
       if (event.member.id !== this.member.id) {
         this.#event({ type: "typing", member: event.member, ttl: TYPING_TTL_MS });
       }
       return;
-    }
-    if (event.type === "rename" && event.member.id === this.member.id) {
-      this.member = { ...this.member, nick: event.member.nick };
     }
     this.#event(event);
   }
@@ -452,6 +497,9 @@ export class Connection {
       case "kick":
         this.#kick(envelope);
         break;
+      case "members":
+        this.#members(envelope.after, envelope.limit);
+        break;
       case "nick":
         this.#rename(envelope.nick);
         break;
@@ -512,6 +560,17 @@ export class Connection {
         if (!(error instanceof ProtocolError)) return this.#failed("rename", error);
         this.#error(error.code, error.message);
       });
+  }
+
+  /** Answers a request for a page of the room's members, in id order. */
+  #members(after: string | undefined, limit: number) {
+    this.hub.options.engine.members(this.info.room).then(
+      (members) => {
+        const page = membersPage(members, after, limit);
+        this.#event({ type: "members", ...page, count: members.length, after });
+      },
+      (error) => this.#failed("members", error),
+    );
   }
 
   /** A moderator removes a member from the room, on every instance. */
@@ -669,6 +728,7 @@ export class Connection {
     }
     if (this.closed) return;
     this.#client = admission.client;
+    this.batch = hello.batch === true;
     this.#access = admission.access;
     this.#moderator = admission.moderator;
     if (admission.expires !== undefined) this.#expireAt(admission.expires);
@@ -679,6 +739,7 @@ export class Connection {
     if (this.closed) return;
     const members = await engine.join(room, this.id, this.member, this.hub.presenceTtlMs);
     if (this.closed) return;
+    this.hub.seedMembers(room, members);
     // Presence events so far are already in `members`.
     this.#backlog = this.#backlog.filter((e) => e.type === "message");
     const last = hello.last === null ? undefined : hello.last ?? this.info.last;
@@ -695,7 +756,8 @@ export class Connection {
       epoch: result.epoch,
       head: result.head,
       you: this.member,
-      members,
+      members: members.length > WELCOME_MEMBERS ? members.slice(0, WELCOME_MEMBERS) : members,
+      count: members.length,
       recovered: result.recovered,
       replay: result.messages.length,
       limits: this.#limits(),

@@ -9,12 +9,14 @@
  */
 
 import type { Verifier } from "./admission.ts";
-import { Connection, Outgoing } from "./connection.ts";
+import { PendingBatch } from "./batch.ts";
+import { Connection, Outgoing, TYPING_TTL_MS } from "./connection.ts";
 import type { Engine, EngineEvent, Signal, Unsubscribe } from "./engine.ts";
 import { authorizeChange } from "./lifecycle.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
-import { CloseCode, type Member, type Position, type StoredMessage } from "./protocol.ts";
+import { CloseCode, encode, type Member, type Position, type StoredMessage } from "./protocol.ts";
+import { LARGE_ROOM_TICK_MS, PRESENCE_TICK_MS, PresenceChanges } from "./presence.ts";
 
 export {
   Connection,
@@ -79,6 +81,11 @@ export interface HubOptions {
   verifier?: Verifier;
   /** Called with the client address of every failed authentication. */
   onAuthFailure?: (ip: string) => void;
+  /**
+   * Above this many members, presence goes out as member counts only, at
+   * most once a second, instead of every join and leave. @default 1000
+   */
+  largeRoom?: number;
   /** Presence entries expire this long after their last refresh. */
   presenceTtlMs?: number;
   /** Refresh presence entries this often (no timer when unset). */
@@ -154,7 +161,28 @@ class Room {
   unsubscribe?: Unsubscribe;
   /** Set when the room emptied: an unsubscribe still to come must run at once. */
   dropped = false;
-  constructor(readonly name: string) {}
+  /** Events waiting for the room's batch peers. */
+  batch: PendingBatch;
+  /** Presence changes waiting for the next tick, and the members known here. */
+  readonly presence = new PresenceChanges();
+  readonly members = new Set<string>();
+  seeded = false;
+  /** Peers that asked for batches (and coalesced presence). */
+  batchPeers = 0;
+  presenceTimer?: ReturnType<typeof setTimeout>;
+  presenceSentAt = 0;
+  constructor(readonly name: string, flush: (room: Room) => void) {
+    this.batch = new PendingBatch(() => flush(this));
+  }
+}
+
+/** The envelope of an event for batch peers. */
+function batchJson(event: EngineEvent, out?: Outgoing): string {
+  if (out) return out.envelope;
+  if (event.type === "typing") {
+    return encode({ type: "typing", member: event.member, ttl: TYPING_TTL_MS });
+  }
+  return JSON.stringify(event);
 }
 
 /** Keeps the connections of every room. */
@@ -306,7 +334,7 @@ export class Hub {
   add(conn: Connection): Promise<void> {
     let room = this.#rooms.get(conn.info.room);
     if (!room) {
-      const created = new Room(conn.info.room);
+      const created = new Room(conn.info.room, (r) => this.#flushBatch(r));
       room = created;
       this.#rooms.set(created.name, created);
       created.ready = this.options.engine.subscribe(
@@ -330,6 +358,7 @@ export class Hub {
         },
       );
     }
+    if (!room.peers.has(conn) && conn.batch) room.batchPeers++;
     room.peers.add(conn);
     return room.ready;
   }
@@ -339,10 +368,12 @@ export class Hub {
     this.#connections.delete(conn);
     const room = this.#rooms.get(conn.info.room);
     if (!room || !room.peers.delete(conn)) return;
+    if (conn.batch) room.batchPeers--;
     conn.lagging = false;
     room.lagging.delete(conn);
     if (room.peers.size === 0) {
       room.dropped = true;
+      this.#stopRoom(room);
       if (room.timer !== undefined) clearTimeout(room.timer);
       room.unsubscribe?.();
       this.#rooms.delete(room.name);
@@ -361,6 +392,10 @@ export class Hub {
     const before = room.total;
     room.total += costOf(event);
     const low = this.options.lowWatermark ?? 256 * 1024;
+    const presence = event.type === "join" || event.type === "leave" || event.type === "rename";
+    if (presence) this.#notePresence(room, event);
+    const large = room.members.size > (this.options.largeRoom ?? 1000);
+    let batched = false;
     for (const peer of room.peers) {
       if (peer.lagging) continue;
       if (!peer.queueWithin(low)) {
@@ -370,7 +405,26 @@ export class Hub {
         room.lagging.add(peer);
         continue;
       }
+      if (peer.batched) {
+        // Built once for the room at the flush; presence goes by its tick.
+        if (!peer.prepare(event) || presence) continue;
+        if (peer.batchFrom === 0) peer.batchFrom = seq;
+        batched = true;
+        continue;
+      }
+      // In a large room, the tick's member count replaces joins and leaves.
+      if (presence && large && event.type !== "rename") continue;
       this.#deliver(peer, event, out);
+    }
+    if (batched) {
+      const m = out?.message;
+      room.batch.push({
+        seq,
+        json: batchJson(event, out),
+        data: m?.data && m.kind === undefined ? m.data : undefined,
+        id: m?.id,
+        epoch: m?.epoch,
+      });
     }
     if (room.lagging.size === 0) {
       room.entries.length = 0;
@@ -379,6 +433,81 @@ export class Hub {
     }
     room.entries.push({ seq, event, out, before });
     this.#catchUp(room);
+  }
+
+  /** Sends each batch peer the events pending for it, one frame per position. */
+  #flushBatch(room: Room) {
+    if (room.dropped) return;
+    const last = room.batch.last;
+    for (const peer of room.peers) {
+      if (peer.batchFrom === 0) continue;
+      const from = peer.batchFrom;
+      peer.batchFrom = 0;
+      const frame = room.batch.frame(from, peer.lagging ? peer.cursor : last);
+      if (!frame) continue;
+      try {
+        peer.sendBatch(frame);
+      } catch (error) {
+        this.log.error("deliver_failed", { conn: peer.id, error: String(error) });
+        peer.close(CloseCode.internal, "internal error");
+      }
+    }
+    room.batch.clear();
+  }
+
+  /** The members of a room as an instance's join returned them, before any event. */
+  seedMembers(name: string, members: readonly Member[]): void {
+    const room = this.#rooms.get(name);
+    if (!room || room.seeded) return;
+    room.seeded = true;
+    for (const member of members) room.members.add(member.id);
+  }
+
+  /** Notes a presence change for the room's next tick. */
+  #notePresence(room: Room, event: Extract<EngineEvent, { type: "join" | "leave" | "rename" }>) {
+    if (event.type === "join") {
+      room.members.add(event.member.id);
+      room.presence.join(event.member);
+    } else if (event.type === "leave") {
+      room.members.delete(event.member.id);
+      room.presence.leave(event.member);
+    } else if (event.type === "rename") {
+      room.presence.rename(event.member, event.old);
+    }
+    if (room.presenceTimer !== undefined) return;
+    const large = room.members.size > (this.options.largeRoom ?? 1000);
+    if (!large && room.batchPeers === 0) {
+      // Nobody here takes presence envelopes: each join and leave went out as it came.
+      room.presence.take(0);
+      return;
+    }
+    const wait = large
+      ? Math.max(PRESENCE_TICK_MS, LARGE_ROOM_TICK_MS - (performance.now() - room.presenceSentAt))
+      : PRESENCE_TICK_MS;
+    room.presenceTimer = setTimeout(() => this.#flushPresence(room), wait);
+  }
+
+  /**
+   * Sends the tick's `presence` envelope, built once: to batch peers always,
+   * to the others only in a large room (they had each join and leave).
+   */
+  #flushPresence(room: Room) {
+    room.presenceTimer = undefined;
+    if (room.dropped) return;
+    const large = room.members.size > (this.options.largeRoom ?? 1000);
+    const json = JSON.stringify(room.presence.take(room.members.size, large));
+    room.presenceSentAt = performance.now();
+    for (const peer of room.peers) {
+      if (peer.lagging || !peer.rich || !(peer.batched || large)) continue;
+      peer.sendJson(json);
+    }
+  }
+
+  /** Stops a room's timers. */
+  #stopRoom(room: Room) {
+    room.batch.cancel();
+    if (room.presenceTimer !== undefined) clearTimeout(room.presenceTimer);
+    room.presenceTimer = undefined;
   }
 
   #deliver(peer: Connection, event: EngineEvent, out?: Outgoing) {
@@ -454,6 +583,7 @@ export class Hub {
     // peer, instead of each of n closes announcing itself to the n still open.
     for (const room of this.#rooms.values()) {
       room.dropped = true;
+      this.#stopRoom(room);
       if (room.timer !== undefined) clearTimeout(room.timer);
       room.unsubscribe?.();
     }

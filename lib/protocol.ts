@@ -77,7 +77,15 @@ export type ClientEnvelope =
    * `last: null` asks for a fresh join even when the URL names a position.
    * `nick` may be left out when a `token` names the member.
    */
-  | { type: "hello"; nick?: string; client?: string; last?: Position | null; token?: string }
+  | {
+    type: "hello";
+    nick?: string;
+    client?: string;
+    last?: Position | null;
+    token?: string;
+    /** The client takes `batch` frames and coalesced `presence` envelopes. */
+    batch?: boolean;
+  }
   | { type: "message"; cid: string; text: string; replyTo?: number }
   | { type: "file"; cid: string; name: string; mime: string; size: number; replyTo?: number }
   | { type: "edit"; cid: string; id: number; text: string }
@@ -85,6 +93,7 @@ export type ClientEnvelope =
   /** `cid`, optional here, is echoed in the answer so a client can match it. */
   | { type: "history"; before: number; limit: number; cid?: string }
   | { type: "typing" }
+  | { type: "members"; after?: string; limit: number }
   | { type: "kick"; cid?: string; member: string; minutes: number; reason: string }
   | { type: "nick"; nick: string }
   | { type: "ping" };
@@ -98,6 +107,7 @@ export const CLIENT_TYPES = [
   "delete",
   "history",
   "typing",
+  "members",
   "kick",
   "nick",
   "ping",
@@ -292,8 +302,18 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
         const l = obj.last as Record<string, unknown>;
         last = parsePosition(l.epoch, l.id);
       }
-      const hello = { type: "hello" as const, nick, client, last };
-      return token === undefined ? hello : { ...hello, token };
+      if (obj.batch !== undefined && typeof obj.batch !== "boolean") {
+        throw new ProtocolError("bad_envelope", "batch: must be true or false");
+      }
+      const hello: Extract<ClientEnvelope, { type: "hello" }> = {
+        type: "hello",
+        nick,
+        client,
+        last,
+      };
+      if (token !== undefined) hello.token = token;
+      if (obj.batch === true) hello.batch = true;
+      return hello;
     }
     case "message": {
       field(obj, "cid", (v): v is string => isString(v) && CID_PATTERN.test(v), CID_RULE);
@@ -327,6 +347,27 @@ function parseObject(obj: Record<string, unknown>, limits: ParseLimits): ClientE
     }
     case "typing":
       return { type: "typing" };
+    case "members": {
+      let after: string | undefined;
+      if (obj.after !== undefined && obj.after !== null) {
+        after = field(
+          obj,
+          "after",
+          (v): v is string => isString(v) && v.length <= 64,
+          "the id of the last member of the previous page",
+        );
+      }
+      let limit = 100;
+      if (obj.limit !== undefined) {
+        limit = field(
+          obj,
+          "limit",
+          (v): v is number => typeof v === "number" && Number.isInteger(v) && v >= 1 && v <= 500,
+          "an integer from 1 to 500",
+        );
+      }
+      return after === undefined ? { type: "members", limit } : { type: "members", after, limit };
+    }
     case "kick": {
       const member = field(
         obj,
@@ -520,6 +561,16 @@ export type ServerEvent =
     access: "write" | "read";
     /** True when this member moderates the room (deletes any message, kicks, bans). */
     moderator: boolean;
+    /** Members in the room; `members` lists at most the first 100 of them. */
+    count: number;
+  }
+  | {
+    type: "members";
+    members: Member[];
+    /** More members follow: ask again with `after` set to the last id of this page. */
+    more: boolean;
+    count: number;
+    after?: string;
   }
   | { type: "ack"; cid: string; id: number; epoch: string; duplicate: boolean }
   | { type: "join" | "leave"; member: Member }
