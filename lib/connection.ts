@@ -281,7 +281,9 @@ export class Connection {
   prepare(event: EngineEvent): boolean {
     if (event.type === "kick" && event.member.id === this.member?.id) {
       const reason = event.reason ? `kicked: ${event.reason}` : "kicked by a moderator";
-      // A close reason holds at most 123 bytes.
+      // Said in band too: a close reason holds at most 123 bytes, and some
+      // runtimes (Deno 2.5) lose the close frame on its way to a browser.
+      if (this.rich) this.#error("forbidden", `you were removed from this room: ${reason}`);
       this.close(CloseCode.forbidden, truncateUtf8(reason, 123));
       return false;
     }
@@ -798,8 +800,9 @@ export class Connection {
     const wait = Math.max(0, Math.min(expires - Date.now(), 2 ** 31 - 1));
     this.#expiry = setTimeout(() => {
       this.#expiry = undefined;
-      if (Date.now() >= expires) this.close(CloseCode.unauthorized, "token expired");
-      else this.#expireAt(expires);
+      if (Date.now() < expires) return this.#expireAt(expires);
+      if (this.rich && this.member) this.#error("unauthorized", "token expired");
+      this.close(CloseCode.unauthorized, "token expired");
     }, wait);
   }
 
