@@ -9,14 +9,13 @@
  */
 
 import type { Verifier } from "./admission.ts";
-import { PendingBatch } from "./batch.ts";
-import { Connection, Outgoing, TYPING_TTL_MS } from "./connection.ts";
-import type { Engine, EngineEvent, Signal, Unsubscribe } from "./engine.ts";
+import { Connection } from "./connection.ts";
+import type { Engine, Signal } from "./engine.ts";
 import { authorizeChange } from "./lifecycle.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
-import { CloseCode, encode, type Member, type Position, type StoredMessage } from "./protocol.ts";
-import { LARGE_ROOM_TICK_MS, PRESENCE_TICK_MS, PresenceChanges } from "./presence.ts";
+import { CloseCode, type Member, type Position, type StoredMessage } from "./protocol.ts";
+import { Room, SLOW_CONSUMER } from "./room.ts";
 
 export {
   Connection,
@@ -36,8 +35,7 @@ export interface Socket {
   close(code?: number, reason?: string): void;
 }
 
-/** Close code for a peer that does not read fast enough. */
-export const SLOW_CONSUMER = CloseCode.slowConsumer;
+export { SLOW_CONSUMER };
 
 /** Options of {@linkcode Hub}. */
 export interface HubOptions {
@@ -124,65 +122,6 @@ const API_MEMBER: Member = { id: "api", nick: "server", verified: true, bot: tru
 async function sha256Hex(text: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/** One event in a room's buffer, kept while a lagging peer still needs it. */
-interface Entry {
-  seq: number;
-  event: EngineEvent;
-  out?: Outgoing;
-  /** Bytes of all room events before this one. */
-  before: number;
-}
-
-/** Bytes an event costs a peer, for the lag bound. */
-function costOf(event: EngineEvent): number {
-  if (event.type !== "message") return 64;
-  const m = event.message;
-  return 64 + (m.text?.length ?? 0) + (m.data?.byteLength ?? 0);
-}
-
-class Room {
-  readonly peers = new Set<Connection>();
-  /**
-   * Events not yet sent to every lagging peer, oldest first, from index
-   * `head`. One copy per event, whatever the number of peers.
-   */
-  entries: Entry[] = [];
-  head = 0;
-  /** Sequence number of the newest event, and buffer bytes up to it. */
-  seq = 0;
-  total = 0;
-  /** Peers whose place (`cursor`) is behind `seq`. */
-  readonly lagging = new Set<Connection>();
-  timer?: ReturnType<typeof setTimeout>;
-  /** Resolves once the engine subscription is active. */
-  ready!: Promise<void>;
-  unsubscribe?: Unsubscribe;
-  /** Set when the room emptied: an unsubscribe still to come must run at once. */
-  dropped = false;
-  /** Events waiting for the room's batch peers. */
-  batch: PendingBatch;
-  /** Presence changes waiting for the next tick, and the members known here. */
-  readonly presence = new PresenceChanges();
-  readonly members = new Set<string>();
-  seeded = false;
-  /** Peers that asked for batches (and coalesced presence). */
-  batchPeers = 0;
-  presenceTimer?: ReturnType<typeof setTimeout>;
-  presenceSentAt = 0;
-  constructor(readonly name: string, flush: (room: Room) => void) {
-    this.batch = new PendingBatch(() => flush(this));
-  }
-}
-
-/** The envelope of an event for batch peers. */
-function batchJson(event: EngineEvent, out?: Outgoing): string {
-  if (out) return out.envelope;
-  if (event.type === "typing") {
-    return encode({ type: "typing", member: event.member, ttl: TYPING_TTL_MS });
-  }
-  return JSON.stringify(event);
 }
 
 /** Keeps the connections of every room. */
@@ -334,12 +273,12 @@ export class Hub {
   add(conn: Connection): Promise<void> {
     let room = this.#rooms.get(conn.info.room);
     if (!room) {
-      const created = new Room(conn.info.room, (r) => this.#flushBatch(r));
+      const created = new Room(conn.info.room, this);
       room = created;
       this.#rooms.set(created.name, created);
       created.ready = this.options.engine.subscribe(
         created.name,
-        (event) => this.#fanOut(created, event),
+        (event) => created.fanOut(event),
       ).then(
         (unsubscribe) => {
           if (created.dropped) unsubscribe();
@@ -358,220 +297,25 @@ export class Hub {
         },
       );
     }
-    if (!room.peers.has(conn) && conn.batch) room.batchPeers++;
-    room.peers.add(conn);
+    room.add(conn);
     return room.ready;
+  }
+
+  /** The members of a room as an instance's join returned them, before any event. */
+  seedMembers(room: string, members: readonly Member[]): void {
+    this.#rooms.get(room)?.seed(members);
   }
 
   /** Takes a connection out of its room at once; drops the room when empty. */
   remove(conn: Connection): void {
     this.#connections.delete(conn);
     const room = this.#rooms.get(conn.info.room);
-    if (!room || !room.peers.delete(conn)) return;
-    if (conn.batch) room.batchPeers--;
-    conn.lagging = false;
-    room.lagging.delete(conn);
+    if (!room || !room.delete(conn)) return;
     if (room.peers.size === 0) {
       room.dropped = true;
-      this.#stopRoom(room);
-      if (room.timer !== undefined) clearTimeout(room.timer);
+      room.stop();
       room.unsubscribe?.();
       this.#rooms.delete(room.name);
-    }
-  }
-
-  /**
-   * Sends an event to every peer of the room. A peer whose queue is over the
-   * low watermark is not written to: it keeps a cursor into the room's buffer
-   * and catches up as it drains. Memory holds one copy per event, not one per
-   * peer; a peer whose lag passes `maxBufferedBytes` is evicted.
-   */
-  #fanOut(room: Room, event: EngineEvent) {
-    const out = event.type === "message" ? new Outgoing(event.message) : undefined;
-    const seq = ++room.seq;
-    const before = room.total;
-    room.total += costOf(event);
-    const low = this.options.lowWatermark ?? 256 * 1024;
-    const presence = event.type === "join" || event.type === "leave" || event.type === "rename";
-    if (presence) this.#notePresence(room, event);
-    const large = room.members.size > (this.options.largeRoom ?? 1000);
-    let batched = false;
-    for (const peer of room.peers) {
-      if (peer.lagging) continue;
-      if (!peer.queueWithin(low)) {
-        peer.cursor = seq - 1;
-        peer.progressAt = performance.now();
-        peer.lagging = true;
-        room.lagging.add(peer);
-        continue;
-      }
-      if (peer.batched) {
-        // Built once for the room at the flush; presence goes by its tick.
-        if (!peer.prepare(event) || presence) continue;
-        if (peer.batchFrom === 0) peer.batchFrom = seq;
-        batched = true;
-        continue;
-      }
-      // In a large room, the tick's member count replaces joins and leaves.
-      if (presence && large && event.type !== "rename") continue;
-      this.#deliver(peer, event, out);
-    }
-    if (batched) {
-      const m = out?.message;
-      room.batch.push({
-        seq,
-        json: batchJson(event, out),
-        data: m?.data && m.kind === undefined ? m.data : undefined,
-        id: m?.id,
-        epoch: m?.epoch,
-      });
-    }
-    if (room.lagging.size === 0) {
-      room.entries.length = 0;
-      room.head = 0;
-      return;
-    }
-    room.entries.push({ seq, event, out, before });
-    this.#catchUp(room);
-  }
-
-  /** Sends each batch peer the events pending for it, one frame per position. */
-  #flushBatch(room: Room) {
-    if (room.dropped) return;
-    const last = room.batch.last;
-    for (const peer of room.peers) {
-      if (peer.batchFrom === 0) continue;
-      const from = peer.batchFrom;
-      peer.batchFrom = 0;
-      const frame = room.batch.frame(from, peer.lagging ? peer.cursor : last);
-      if (!frame) continue;
-      try {
-        peer.sendBatch(frame);
-      } catch (error) {
-        this.log.error("deliver_failed", { conn: peer.id, error: String(error) });
-        peer.close(CloseCode.internal, "internal error");
-      }
-    }
-    room.batch.clear();
-  }
-
-  /** The members of a room as an instance's join returned them, before any event. */
-  seedMembers(name: string, members: readonly Member[]): void {
-    const room = this.#rooms.get(name);
-    if (!room || room.seeded) return;
-    room.seeded = true;
-    for (const member of members) room.members.add(member.id);
-  }
-
-  /** Notes a presence change for the room's next tick. */
-  #notePresence(room: Room, event: Extract<EngineEvent, { type: "join" | "leave" | "rename" }>) {
-    if (event.type === "join") {
-      room.members.add(event.member.id);
-      room.presence.join(event.member);
-    } else if (event.type === "leave") {
-      room.members.delete(event.member.id);
-      room.presence.leave(event.member);
-    } else if (event.type === "rename") {
-      room.presence.rename(event.member, event.old);
-    }
-    if (room.presenceTimer !== undefined) return;
-    const large = room.members.size > (this.options.largeRoom ?? 1000);
-    if (!large && room.batchPeers === 0) {
-      // Nobody here takes presence envelopes: each join and leave went out as it came.
-      room.presence.take(0);
-      return;
-    }
-    const wait = large
-      ? Math.max(PRESENCE_TICK_MS, LARGE_ROOM_TICK_MS - (performance.now() - room.presenceSentAt))
-      : PRESENCE_TICK_MS;
-    room.presenceTimer = setTimeout(() => this.#flushPresence(room), wait);
-  }
-
-  /**
-   * Sends the tick's `presence` envelope, built once: to batch peers always,
-   * to the others only in a large room (they had each join and leave).
-   */
-  #flushPresence(room: Room) {
-    room.presenceTimer = undefined;
-    if (room.dropped) return;
-    const large = room.members.size > (this.options.largeRoom ?? 1000);
-    const json = JSON.stringify(room.presence.take(room.members.size, large));
-    room.presenceSentAt = performance.now();
-    for (const peer of room.peers) {
-      if (peer.lagging || !peer.rich || !(peer.batched || large)) continue;
-      peer.sendJson(json);
-    }
-  }
-
-  /** Stops a room's timers. */
-  #stopRoom(room: Room) {
-    room.batch.cancel();
-    if (room.presenceTimer !== undefined) clearTimeout(room.presenceTimer);
-    room.presenceTimer = undefined;
-  }
-
-  #deliver(peer: Connection, event: EngineEvent, out?: Outgoing) {
-    try {
-      peer.deliver(event, out);
-    } catch (error) {
-      this.log.error("deliver_failed", { conn: peer.id, error: String(error) });
-      peer.close(CloseCode.internal, "internal error");
-    }
-  }
-
-  /**
-   * Sends lagging peers what they can take now. A peer more than
-   * `maxBufferedBytes` behind is evicted once its queue has not drained for
-   * `stallMs`, or at once past eight times that bound: a reader that keeps up
-   * is never evicted because the server outran it for a moment.
-   */
-  #catchUp(room: Room) {
-    const low = this.options.lowWatermark ?? 256 * 1024;
-    const stallMs = this.options.stallMs ?? 2000;
-    const max = this.options.maxBufferedBytes;
-    const now = performance.now();
-    const first = room.entries[room.head];
-    for (const peer of room.lagging) {
-      let index = room.head + (peer.cursor + 1 - first.seq);
-      if (peer.queueWithin(low)) peer.progressAt = now;
-      while (index < room.entries.length && peer.queueWithin(low, false) && !peer.closed) {
-        const entry = room.entries[index++];
-        peer.cursor = entry.seq;
-        this.#deliver(peer, entry.event, entry.out);
-      }
-      if (peer.closed) continue;
-      if (peer.cursor === room.seq) {
-        peer.lagging = false;
-        room.lagging.delete(peer);
-        continue;
-      }
-      const behind = room.total - room.entries[index].before;
-      if (behind > max && (now - peer.progressAt > stallMs || behind > 8 * max)) {
-        this.metrics.inc("parley_slow_consumer_evictions_total");
-        peer.close(SLOW_CONSUMER, "slow consumer: fell too far behind; reconnect and resume");
-      }
-    }
-    // Drop what every lagging peer already has.
-    let min = room.seq;
-    for (const peer of room.lagging) min = Math.min(min, peer.cursor);
-    while (room.head < room.entries.length && room.entries[room.head].seq <= min) {
-      room.entries[room.head++] = undefined as unknown as Entry;
-    }
-    if (room.head === room.entries.length) {
-      room.entries.length = 0;
-      room.head = 0;
-    } else if (room.head > 1024 && room.head * 2 > room.entries.length) {
-      room.entries = room.entries.slice(room.head);
-      room.head = 0;
-    }
-    if (room.lagging.size > 0) {
-      room.timer ??= setTimeout(() => {
-        room.timer = undefined;
-        if (!room.dropped && room.lagging.size > 0) this.#catchUp(room);
-      }, 5);
-    } else if (room.timer !== undefined) {
-      clearTimeout(room.timer);
-      room.timer = undefined;
     }
   }
 
@@ -583,8 +327,7 @@ export class Hub {
     // peer, instead of each of n closes announcing itself to the n still open.
     for (const room of this.#rooms.values()) {
       room.dropped = true;
-      this.#stopRoom(room);
-      if (room.timer !== undefined) clearTimeout(room.timer);
+      room.stop();
       room.unsubscribe?.();
     }
     this.#rooms.clear();
