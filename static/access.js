@@ -2,8 +2,8 @@
 /**
  * Who the person is and what the server lets them do, without the DOM: the
  * invite token in the address, the nickname rules, the refusals that end a
- * connection (close codes 4401 and 4403) in plain words, and moderation as
- * the conversation tells it.
+ * connection (said in band as an `error` envelope, then close codes 4401 and
+ * 4403) in plain words, and moderation as the conversation tells it.
  *
  * @module
  */
@@ -18,7 +18,8 @@ import { isObject, readMember } from "./wire.js";
  */
 /**
  * How a connection ended, as far as refusals go. `detail` is the message of
- * the `error` envelope that came just before the close, if one did.
+ * the `error` envelope that said the refusal in band, if one did; it says
+ * more than the close `reason`, which holds at most 123 bytes.
  * @typedef {{ code: number, reason: string, detail?: string | null,
  *   hadToken: boolean, accepted: boolean }} Ending
  */
@@ -36,6 +37,9 @@ export const MAX_REASON_LENGTH = 200;
 /** What a ban may last, in minutes, as the remove form offers it (0: none). */
 export const BAN_MINUTES = [0, 10, 60, 1440];
 
+// The server starts the message of an error about one envelope with its type
+// ("nick: your name comes from your token...", "typing: this room is read-only").
+const ABOUT_ONE_ENVELOPE = /^[a-z_]+:/;
 const TOKEN_SHAPE = /^[A-Za-z0-9_.~+/=-]+$/;
 // As the server's rules (lib/auth/nick.ts): bidirectional controls reorder
 // text, format and other default-ignorable characters draw as nothing.
@@ -129,6 +133,25 @@ export function formatWhen(ms, now = Date.now()) {
 }
 
 /**
+ * Whether an `error` envelope without a cid refuses the connection itself:
+ * the server says so in band before it closes with 4401 or 4403, because some
+ * runtimes (Deno 2.5) lose that close on its way and the page then sees 1006.
+ * `unauthorized` always ends it; a `forbidden` about one envelope (a rename in
+ * token mode, a write to a read-only room) names that envelope first and ends
+ * nothing.
+ *
+ * @param {string} code The envelope's code.
+ * @param {string} message The envelope's message.
+ * @returns {number | null} The close code the refusal stands for, or null
+ *   when the error does not end the connection.
+ */
+export function refusalCloseCode(code, message) {
+  if (code === "unauthorized") return CLOSE_UNAUTHORIZED;
+  if (code === "forbidden" && !ABOUT_ONE_ENVELOPE.test(message)) return CLOSE_FORBIDDEN;
+  return null;
+}
+
+/**
  * Says why the server ended the connection for good, or null when the close
  * is not a refusal (the page may then reconnect on its own).
  *
@@ -138,7 +161,9 @@ export function formatWhen(ms, now = Date.now()) {
  */
 export function describeRefusal(ending, when = (ms) => formatWhen(ms)) {
   const { code, reason, detail, hadToken, accepted } = ending;
-  const text = (detail || reason || "").trim();
+  // A removal is said in band as "you were removed from this room: kicked: spam",
+  // and in the close reason as "kicked: spam".
+  const text = (detail || reason || "").trim().replace(/^you were removed from this room:\s*/, "");
   if (code === CLOSE_UNAUTHORIZED) {
     if (text === "token expired" && accepted) {
       return "Your access expired. Open a fresh invite link to continue.";

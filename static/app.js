@@ -6,7 +6,11 @@
  * User content reaches the DOM only through `textContent` and safe attributes.
  * What the page does with edits, deletes, replies, typing and scroll-back
  * without the DOM lives in `lifecycle.js`, `typing.js` and `scrollback.js`;
- * invite tokens, refusals and moderation wording in `access.js`.
+ * invite tokens, refusals and moderation wording in `access.js`; the member
+ * list, presence and member pages in `roster.js`.
+ *
+ * The page asks for `batch` frames: each holds envelopes that would otherwise
+ * have come one by one, and is handled exactly as those would have been.
  *
  * @module
  */
@@ -20,9 +24,17 @@ import {
   nickProblem,
   nickRefusal,
   readKick,
+  refusalCloseCode,
   tokenFromHash,
 } from "./access.js";
 import { applyChange, ChangeMemory, quoteOf, readChange, refusal } from "./lifecycle.js";
+import {
+  describePresence,
+  MEMBERS_TIMEOUT_MS,
+  readMembersPage,
+  readPresence,
+  Roster,
+} from "./roster.js";
 import { ANSWER_TIMEOUT_MS, readHistoryPage, ScrollBack } from "./scrollback.js";
 import { describeTyping, Throttle, TypingList } from "./typing.js";
 import { codePoints, isId, isObject, readMember } from "./wire.js";
@@ -74,6 +86,8 @@ import { codePoints, isId, isObject, readMember } from "./wire.js";
 /**
  * A `file` envelope whose binary frame has not arrived yet. `entry` is null when
  * the bytes are already known (our own file, or a duplicate) and are dropped.
+ * Alone, a `file` is followed by its bytes at once; a batch frame is followed by
+ * the bytes of each of its files that is not `omitted`, in order.
  * @typedef {{ epoch: string, id: number, entry: Entry | null }} ExpectedFile
  */
 
@@ -149,7 +163,9 @@ const ui = {
   membersPanel: byId("members-panel", HTMLElement),
   membersToggle: byId("members-toggle", HTMLButtonElement),
   memberCount: byId("member-count", HTMLElement),
+  memberTotal: byId("member-total", HTMLElement),
   members: byId("members", HTMLUListElement),
+  membersMore: byId("members-more", HTMLButtonElement),
   nickDialog: byId("nick-dialog", HTMLDialogElement),
   nickForm: byId("nick-form", HTMLFormElement),
   nickInput: byId("nick-input", HTMLInputElement),
@@ -252,8 +268,10 @@ function pathOfRoom(room) {
 
 /** @type {Map<string, RoomState>} */
 const rooms = new Map();
-/** @type {Map<string, Member>} member id to member, for the current room */
-const members = new Map();
+/** The members of the current room. */
+const members = new Roster();
+/** @type {Set<string>} Members removed by a moderator whose leave, still to come, goes unsaid. */
+const kicked = new Set();
 /** @type {Map<string, HTMLLIElement>} entry key to its element, for the current room */
 const elements = new Map();
 /** @type {Map<string, HTMLLIElement>} cid to the element of a pending message */
@@ -279,8 +297,8 @@ const state = {
   joined: false,
   /** @type {Member | null} */
   me: null,
-  /** @type {ExpectedFile | null} */
-  expectedFile: null,
+  /** @type {ExpectedFile[]} Binary frames to come, in order: a batch announces several. */
+  expectedFiles: [],
   attempt: 0,
   /** @type {Timer | undefined} */
   reconnectTimer: undefined,
@@ -296,8 +314,6 @@ const state = {
   stopped: false,
   /** @type {string | null} Why the server refused us (4401, 4403): no reconnecting. */
   refused: null,
-  /** @type {string | null} The message of the refusal that comes before its close. */
-  refusalDetail: null,
   /** @type {"write" | "read"} What we may do in the room, from `welcome`. */
   access: "write",
   /** True when we moderate the room: Delete on every message, Remove on members. */
@@ -734,6 +750,8 @@ function atBottom() {
 }
 
 let stickToBottom = true;
+/** True while the events of a `batch` frame are handled. */
+let inBatch = false;
 
 function keepBottom() {
   if (stickToBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
@@ -843,8 +861,23 @@ function renderMembers() {
     return li;
   });
   ui.members.replaceChildren(...items);
-  ui.memberCount.textContent = String(members.size);
+  renderMemberCount();
   if (focused instanceof HTMLElement && ui.removeForm.contains(focused)) focused.focus();
+}
+
+/** Shows how many members the room has, and whether more can be listed. */
+function renderMemberCount() {
+  const count = members.count.toLocaleString("en");
+  // Called on every presence update: touch the DOM only when something changes.
+  if (ui.memberCount.textContent !== count) ui.memberCount.textContent = count;
+  if (ui.memberTotal.textContent !== count) ui.memberTotal.textContent = count;
+  const complete = !members.incomplete;
+  if (ui.membersMore.hidden !== complete) ui.membersMore.hidden = complete;
+  const busy = members.loading;
+  if (ui.membersMore.disabled !== (busy || !state.joined)) {
+    ui.membersMore.disabled = busy || !state.joined;
+  }
+  if (ui.membersMore.ariaBusy !== String(busy)) ui.membersMore.ariaBusy = String(busy);
 }
 
 /**
@@ -1018,9 +1051,10 @@ function hideNotice() {
 function addEntry(room, entry) {
   if (room.keys.has(entry.key)) return false;
   const current = room.name === state.room;
-  if (current) stickToBottom = atBottom();
+  // A batch measures the list once before its first entry, and scrolls once after its last.
+  if (current && !inBatch) stickToBottom = atBottom();
   insertEntry(room, entry);
-  if (current) keepBottom();
+  if (current && !inBatch) keepBottom();
   // Someone reading older messages keeps them; they go once back at the newest.
   const cap = !current || stickToBottom ? MEMORY_ENTRIES : 4 * MEMORY_ENTRIES;
   while (room.entries.length > cap) {
@@ -1196,7 +1230,7 @@ function connect() {
   ws.binaryType = "arraybuffer";
   state.ws = ws;
   state.joined = false;
-  state.expectedFile = null;
+  state.expectedFiles = [];
   const socket = ws;
   socket.addEventListener("open", () => onOpen(socket));
   socket.addEventListener("message", (event) => onFrame(socket, event));
@@ -1210,7 +1244,7 @@ function disconnect() {
   const ws = state.ws;
   state.ws = null;
   state.joined = false;
-  state.expectedFile = null;
+  state.expectedFiles = [];
   stopTimers();
   if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "leaving");
   showStatus();
@@ -1244,7 +1278,7 @@ function scheduleReconnect() {
 function sendHello(ws) {
   const room = currentRoom();
   /** @type {Record<string, unknown>} */
-  const hello = { type: "hello", client: state.client };
+  const hello = { type: "hello", client: state.client, batch: true };
   // With a token the server takes the name from it; a nickname is then ignored.
   if (state.token !== null) hello.token = state.token;
   if (state.nick !== null && state.me?.verified !== true) hello.nick = state.nick;
@@ -1295,19 +1329,19 @@ function heartbeat(ws) {
 function onClose(ws, event) {
   if (ws !== state.ws) return;
   state.joined = false;
-  state.expectedFile = null;
+  state.expectedFiles = [];
   stopTimers();
   countFailedSends(ws);
   showStatus();
   if (state.leaving) return;
+  // The server says a refusal in band first (see onRefused); this is for one
+  // that only its close code tells.
   const refused = describeRefusal({
     code: event.code,
     reason: event.reason,
-    detail: state.refusalDetail,
     hadToken: state.token !== null,
     accepted: state.tokenAccepted,
   });
-  state.refusalDetail = null;
   if (refused !== null) {
     showRefusal(refused);
     return;
@@ -1369,6 +1403,8 @@ function onEnvelope(ws, envelope) {
   switch (envelope.type) {
     case "welcome":
       return onWelcome(ws, envelope);
+    case "batch":
+      return onBatch(ws, envelope);
     case "message":
       return onMessage(envelope);
     case "file":
@@ -1386,33 +1422,13 @@ function onEnvelope(ws, envelope) {
       const ttl = isId(envelope.ttl) ? envelope.ttl : state.typingTtl;
       return typists.add(member, ttl);
     }
-    case "join": {
-      const member = readMember(envelope.member);
-      if (member) members.set(member.id, member);
-      return renderMembers();
-    }
-    case "leave": {
-      const member = readMember(envelope.member);
-      if (member) {
-        members.delete(member.id);
-        typists.remove(member.id);
-      }
-      return renderMembers();
-    }
-    case "rename": {
-      const member = readMember(envelope.member);
-      if (!member) return;
-      members.set(member.id, member);
-      typists.rename(member);
-      if (state.me && member.id === state.me.id) {
-        // Every tab with our client id is the same member, so shares the nickname.
-        state.me = member;
-        state.nick = member.nick;
-        state.renaming = null;
-        renderNick();
-      }
-      return renderMembers();
-    }
+    case "presence":
+    case "join":
+    case "leave":
+    case "rename":
+      return onPresence(envelope);
+    case "members":
+      return onMembersPage(envelope);
     case "kick":
       return onKick(envelope);
     case "error":
@@ -1433,7 +1449,6 @@ function onWelcome(ws, envelope) {
   state.joined = true;
   state.needNick = false;
   state.renaming = null;
-  state.refusalDetail = null;
   if (state.me?.verified === true) {
     // The token names us; the name is not stored as a nickname of our own.
     state.nick = state.me.nick;
@@ -1444,13 +1459,18 @@ function onWelcome(ws, envelope) {
   state.access = envelope.access === "read" ? "read" : "write";
   state.moderator = envelope.moderator === true;
   renderAccess();
-  members.clear();
+  /** @type {Member[]} */
+  const listed = [];
   for (const value of Array.isArray(envelope.members) ? envelope.members : []) {
     const member = readMember(value);
-    if (member) members.set(member.id, member);
+    if (member) listed.push(member);
   }
-  if (state.me) members.set(state.me.id, state.me);
+  // The welcome lists the first members only; `count` says how many there are.
+  // A page of members asked for on the old connection will not come.
+  members.welcome(listed, isId(envelope.count) ? envelope.count : null, state.me);
+  kicked.clear();
   renderMembers();
+  if (ui.membersPanel.classList.contains("open")) loadMembers(true);
   if (envelope.recovered !== true || epoch !== room.epoch) {
     resetEntries(room);
   }
@@ -1484,9 +1504,19 @@ function onWelcome(ws, envelope) {
 function onKick(envelope) {
   const kick = readKick(envelope);
   if (!kick) return;
-  members.delete(kick.member.id);
+  members.remove(kick.member.id);
+  kicked.add(kick.member.id);
   typists.remove(kick.member.id);
   renderMembers();
+  addNote(describeKick(kick));
+}
+
+/**
+ * Says something that happened in the room, after the newest message.
+ *
+ * @param {string} text
+ */
+function addNote(text) {
   const room = currentRoom();
   state.noteCount++;
   addEntry(room, {
@@ -1496,8 +1526,96 @@ function onKick(envelope) {
     ts: Date.now(),
     from: null,
     cid: "",
-    note: describeKick(kick),
+    note: text,
   });
+}
+
+/**
+ * Members came, went or took another name: a `presence` envelope (joins,
+ * leaves and renames gathered over a short while, or in a large room only
+ * the count), or one `join`, `leave` or `rename` from a server that sends
+ * them one by one.
+ *
+ * @param {Record<string, unknown>} envelope
+ */
+function onPresence(envelope) {
+  const presence = readPresence(envelope);
+  if (!presence) return;
+  const changes = members.apply(presence);
+  for (const member of presence.leaves) typists.remove(member.id);
+  for (const { member } of presence.renames) {
+    typists.rename(member);
+    if (state.me && member.id === state.me.id) {
+      // Every tab with our client id is the same member, so shares the nickname.
+      state.me = member;
+      state.nick = member.nick;
+      state.renaming = null;
+      renderNick();
+    }
+  }
+  // A removal was said already, by whom and why.
+  changes.left = changes.left.filter((member) => !kicked.delete(member.id));
+  for (const line of describePresence(changes)) addNote(line);
+  if (presence.listed) renderMembers();
+  else renderMemberCount();
+}
+
+/**
+ * A page of members, asked for when the list was opened or with "Show more
+ * members".
+ *
+ * @param {Record<string, unknown>} envelope
+ */
+function onMembersPage(envelope) {
+  const page = readMembersPage(envelope);
+  if (!page) return;
+  members.settle(page);
+  renderMembers();
+}
+
+/**
+ * Asks for the next page of members, unless one is on its way or the list is
+ * complete.
+ *
+ * @param {boolean} opened The list was just opened (a stale one starts over).
+ */
+function loadMembers(opened) {
+  const ws = state.ws;
+  if (!ws || !state.joined) return;
+  const request = members.request(opened);
+  if (!request) return;
+  sendEnvelope(ws, request);
+  renderMemberCount();
+  // Should the answer never come, the button comes back once the wait is over.
+  setTimeout(renderMemberCount, MEMBERS_TIMEOUT_MS + 100);
+}
+
+/**
+ * Handles the events of a `batch` frame one by one, exactly as if each had
+ * come alone. The bytes of its files follow it, in order.
+ *
+ * @param {WebSocket} ws
+ * @param {Record<string, unknown>} envelope
+ */
+function onBatch(ws, envelope) {
+  if (!Array.isArray(envelope.events)) return;
+  dropExpectedFiles();
+  stickToBottom = atBottom();
+  inBatch = true;
+  try {
+    for (const event of envelope.events) {
+      if (!isObject(event) || event.type === "batch") continue;
+      try {
+        onEnvelope(ws, event);
+      } catch (error) {
+        // One bad event must not cost the others.
+        console.error("Cannot handle an event of a batch:", error);
+      }
+    }
+  } finally {
+    inBatch = false;
+    keepBottom();
+  }
 }
 
 /** @param {unknown} limits The `limits` of `welcome`. */
@@ -1550,17 +1668,25 @@ function catchUp(known, fresh) {
   return true;
 }
 
+/** Marks the files whose bytes should have come by now, and did not. */
+function dropExpectedFiles() {
+  const room = currentRoom();
+  for (const { entry } of state.expectedFiles) {
+    if (!entry?.file) continue;
+    entry.file.missing = true;
+    redrawEntry(room, entry);
+  }
+  state.expectedFiles = [];
+}
+
 /** @param {Record<string, unknown>} envelope */
 function onFileEnvelope(envelope) {
   const room = currentRoom();
   const entry = readEntry(envelope);
   if (!entry || !entry.file) return;
-  const unfinished = state.expectedFile?.entry;
-  if (unfinished?.file) {
-    unfinished.file.missing = true;
-    redrawEntry(room, unfinished);
-  }
-  state.expectedFile = null;
+  // Alone, a file is followed by its bytes at once; in a batch, the bytes of
+  // all its files follow the batch frame.
+  if (!inBatch) dropExpectedFiles();
   if (entry.from) typists.remove(entry.from.id);
   const own = takeOwn(room, entry.from, entry.cid);
   if (entry.file.omitted) {
@@ -1576,10 +1702,10 @@ function onFileEnvelope(envelope) {
     // We have the bytes already; the frame that follows is dropped.
     if (target?.file) attachFile(room, target, own.file.url);
     else URL.revokeObjectURL(own.file.url);
-    state.expectedFile = { epoch: entry.epoch, id: entry.id, entry: null };
+    state.expectedFiles.push({ epoch: entry.epoch, id: entry.id, entry: null });
     return;
   }
-  state.expectedFile = { epoch: entry.epoch, id: entry.id, entry: target };
+  state.expectedFiles.push({ epoch: entry.epoch, id: entry.id, entry: target });
 }
 
 /**
@@ -1624,8 +1750,7 @@ function blobUrl(data, mime) {
 /** @param {ArrayBuffer} data */
 function onBinary(data) {
   const room = currentRoom();
-  const expected = state.expectedFile;
-  state.expectedFile = null;
+  const expected = state.expectedFiles.shift();
   if (expected) {
     if (expected.entry?.file) {
       attachFile(room, expected.entry, blobUrl(data, expected.entry.file.mime));
@@ -1699,13 +1824,18 @@ function onError(ws, envelope) {
     room.older.cancel();
     renderEdge();
   }
+  if (cid === null && members.loading) {
+    // Nor do requests for members.
+    members.cancel();
+    renderMemberCount();
+  }
   if (change) {
     onChangeError(ws, room, change, code, message, retry);
     return;
   }
-  if (!state.joined && (code === "unauthorized" || code === "forbidden")) {
-    // The close that follows says it; this message says why in detail.
-    state.refusalDetail = message;
+  const ending = cid === null ? refusalCloseCode(code, message) : null;
+  if (ending !== null) {
+    onRefused(ws, ending, message);
     return;
   }
   if (code === "nick_taken" || code === "bad_nick") {
@@ -1721,7 +1851,7 @@ function onError(ws, envelope) {
     showNotice(`Could not remove ${kicked}: ${why}`);
     return;
   }
-  if (code === "forbidden" && state.renaming !== null) {
+  if (code === "forbidden" && (state.renaming !== null || message.startsWith("nick:"))) {
     state.renaming = null;
     state.nick = state.me?.nick ?? state.nick;
     renderNick();
@@ -1757,6 +1887,34 @@ function onError(ws, envelope) {
   const plain = refusal(code);
   if (plain) showNotice(plain);
   else showNotice(message ? `Server error (${code}): ${message}` : `Server error: ${code}`);
+}
+
+/**
+ * The server refused the connection itself, in band: a hello without the
+ * right to be here, a kick, a token that expired while connected. Its close
+ * follows, but some runtimes (Deno 2.5) lose it on the way and the page sees
+ * 1006 instead of 4401 or 4403; so the page stops here, and whatever close
+ * comes after cannot start a reconnect.
+ *
+ * @param {WebSocket} ws
+ * @param {number} code The close code the refusal stands for.
+ * @param {string} message The error's message, such as "token expired".
+ */
+function onRefused(ws, code, message) {
+  state.ws = null;
+  state.joined = false;
+  state.expectedFiles = [];
+  stopTimers();
+  ws.close(1000, "refused");
+  countFailedSends(ws);
+  const why = describeRefusal({
+    code,
+    reason: "",
+    detail: message,
+    hadToken: state.token !== null,
+    accepted: state.tokenAccepted,
+  });
+  showRefusal(why ?? "You are not allowed in this room.");
 }
 
 /**
@@ -2195,12 +2353,12 @@ function switchRoom(name) {
   state.me = null;
   state.attempt = 0;
   state.stopped = false;
-  state.refusalDetail = null;
   // Access is per room: the welcome of the next one says it.
   state.access = "write";
   state.moderator = false;
   renderAccess();
   members.clear();
+  kicked.clear();
   renderMembers();
   renderRoom();
   renderAll();
@@ -2347,7 +2505,10 @@ addEventListener("popstate", () => switchRoom(roomFromPath(location.pathname)));
 ui.membersToggle.addEventListener("click", () => {
   const open = ui.membersPanel.classList.toggle("open");
   ui.membersToggle.setAttribute("aria-expanded", String(open));
+  if (open) loadMembers(true);
 });
+
+ui.membersMore.addEventListener("click", () => loadMembers(false));
 
 ui.noticeClose.addEventListener("click", hideNotice);
 

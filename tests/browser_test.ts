@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { SignJWT } from "jose";
 import { type Browser, chromium, type Locator, type Page } from "playwright-core";
-import { connect, startServer, type TestServer } from "./helpers.ts";
+import { type Client, connect, startServer, type TestServer } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const LAUNCH_ARGS = [
@@ -835,6 +835,300 @@ browserTest("a reply quotes the message it answers", async (world) => {
   assertNoProblems(ann, bob);
 });
 
+// ---------------------------------------------------------------- large rooms
+
+/** A phone's viewport: the members list is then behind its toggle. */
+const PHONE = { width: 390, height: 844 };
+const DESKTOP = { width: 900, height: 640 };
+
+/**
+ * Brings members into a room as a script would: one rich connection each,
+ * without batches, joined in groups.
+ *
+ * @returns The connections, in the order of `nicks`; all are closed again on failure.
+ */
+async function joinCrowd(server: TestServer, room: string, nicks: string[]): Promise<Client[]> {
+  const clients: Client[] = [];
+  const GROUP = 25;
+  try {
+    for (let start = 0; start < nicks.length; start += GROUP) {
+      const joins = nicks.slice(start, start + GROUP).map(async (nick, i) => {
+        const client = await connect(`${server.ws}/${room}`, "parley.v1");
+        clients[start + i] = client;
+        client.send({ type: "hello", nick, batch: false });
+        await client.until("welcome");
+      });
+      const failed = (await Promise.allSettled(joins)).find((r) => r.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+    }
+    return clients;
+  } catch (error) {
+    await Promise.all(clients.filter(Boolean).map((client) => client.close()));
+    throw error;
+  }
+}
+
+/** Opens the chat page of `room` at phone size and joins as `nick`. */
+async function joinOnPhone(world: World, nick: string, room: string): Promise<Person> {
+  const page = await world.newPage(nick);
+  await page.setViewportSize(PHONE);
+  const person = watch(nick, page);
+  await page.goto(`${world.server.url}/${room}`);
+  await page.locator("#nick-input").fill(nick);
+  await page.locator("#nick-input").press("Enter");
+  await waitForStatus(page, "open");
+  await page.locator("#members li.me", { hasText: nick }).waitFor({ state: "attached" });
+  return person;
+}
+
+/** Waits until the visible member count reads `Members (count)`. */
+async function waitForMemberCount(page: Page, count: string): Promise<void> {
+  await page.waitForFunction(
+    (expected) =>
+      [...document.querySelectorAll<HTMLElement>("#members-toggle, .members-title")].some((e) =>
+        e.checkVisibility() && e.textContent?.replace(/\s+/g, " ").trim() === expected
+      ),
+    `Members (${count})`,
+    { timeout: TIMEOUT_MS },
+  );
+}
+
+/** Presses "Show more members" until the list is complete. */
+async function showAllMembers(page: Page): Promise<number> {
+  const more = page.locator("#members-more");
+  const settled = () =>
+    page.waitForFunction(
+      () => {
+        const button = document.getElementById("members-more") as HTMLButtonElement;
+        return button.hidden || !button.disabled;
+      },
+      null,
+      { timeout: TIMEOUT_MS },
+    );
+  let presses = 0;
+  for (await settled(); await more.isVisible(); await settled()) {
+    assert.ok(presses < 10, "the list is complete within a few pages");
+    await more.click();
+    presses++;
+  }
+  return presses;
+}
+
+/** The names of the members list, as shown. */
+function memberNames(page: Page): Promise<string[]> {
+  return page.locator("#members li .member-name").allTextContents();
+}
+
+/** The quiet lines of the conversation (joins, leaves, removals). */
+function notes(page: Page): Promise<string[]> {
+  return page.locator("#messages .note .note-text").allTextContents();
+}
+
+/** Members a script brings into the room of the member-list test. */
+const CROWD = 150;
+
+browserTest(
+  "a page in a room of 151 shows the count and lists every member once, page by page",
+  async (world) => {
+    const room = "crowd";
+    const nicks = Array.from(
+      { length: CROWD },
+      (_, i) => `guest-${String(i + 1).padStart(3, "0")}`,
+    );
+    const guests = await joinCrowd(world.server, room, nicks);
+    let newcomer: Client | undefined;
+    try {
+      const ann = await joinOnPhone(world, "ann", room);
+      const page = ann.page;
+      await waitForMemberCount(page, "151");
+      assert.ok(
+        (await memberNames(page)).length < CROWD + 1,
+        "the welcome does not list everyone",
+      );
+      assert.equal(await page.locator("#members").isVisible(), false, "the list starts closed");
+
+      // Opening the list asks for the first page; the button brings the rest.
+      await page.locator("#members-toggle").click();
+      assert.equal(await page.locator("#members-toggle").getAttribute("aria-expanded"), "true");
+      const presses = await showAllMembers(page);
+      assert.ok(presses >= 1, `"Show more members" was needed (${presses} presses)`);
+      const listed = await memberNames(page);
+      assert.equal(listed.length, CROWD + 1, "every member is listed");
+      assert.deepEqual([...listed].sort(), [...nicks, "ann"].sort(), "each of them exactly once");
+      await waitForMemberCount(page, "151");
+      assert.deepEqual(await notes(page), [], "members who were there before are not announced");
+
+      // Presence keeps the list right: two leave, one comes.
+      await guests[0].close();
+      await guests[1].close();
+      newcomer = (await joinCrowd(world.server, room, ["newcomer"]))[0];
+      await waitForMemberCount(page, "150");
+      await page.locator("#members li", { hasText: "newcomer" }).waitFor();
+      await page.waitForFunction(
+        () => document.querySelectorAll("#members li").length === 150,
+        null,
+        { timeout: TIMEOUT_MS },
+      );
+      const after = await memberNames(page);
+      assert.equal(new Set(after).size, 150, "no member is listed twice");
+      assert.ok(!after.includes("guest-001") && !after.includes("guest-002"), "leavers are gone");
+      assert.equal(await page.locator("#members-more").isHidden(), true, "nothing more to list");
+      await page.locator("#messages .note", { hasText: "newcomer joined" }).waitFor();
+      const said = (await notes(page)).join("\n");
+      assert.match(said, /guest-001/, "the leaves are said quietly");
+      assert.match(said, /guest-002/);
+
+      // On a desktop the list is always shown, under its count.
+      await page.setViewportSize(DESKTOP);
+      await waitForMemberCount(page, "150");
+      assert.equal(await page.locator("#members-toggle").isVisible(), false);
+      assertNoProblems(ann);
+    } finally {
+      await Promise.all([...guests, ...(newcomer ? [newcomer] : [])].map((c) => c.close()));
+    }
+  },
+);
+
+/** Messages of the burst test. */
+const BURST = 200;
+
+browserTest(
+  "a burst of 200 messages and 2 files reaches the page in order, in batch frames",
+  async (world) => {
+    const room = "burst";
+    const page = await world.newPage("ann");
+    const ann = watch("ann", page);
+    /** Events in each batch frame the page received; whether its hello asked for them. */
+    const batches: number[] = [];
+    let askedForBatches = false;
+    page.on("websocket", (socket) => {
+      socket.on("framesent", ({ payload }) => {
+        if (typeof payload !== "string") return;
+        const envelope = JSON.parse(payload);
+        if (envelope.type === "hello") askedForBatches = envelope.batch === true;
+      });
+      socket.on("framereceived", ({ payload }) => {
+        if (typeof payload !== "string") return;
+        const envelope = JSON.parse(payload);
+        if (envelope.type === "batch") batches.push(envelope.events.length);
+      });
+    });
+    await openChat(ann, world.server, room);
+    assert.equal(askedForBatches, true, "the page says batch: true in its hello");
+
+    const picture = await makePng(16);
+    const sender = await connect(`${world.server.ws}/${room}`, "parley.v1");
+    const expected: string[] = [];
+    try {
+      sender.send({ type: "hello", nick: "burst", batch: false });
+      await sender.until("welcome");
+      let sent = 0;
+      for (let i = 1; i <= BURST; i++) {
+        sender.send({ type: "message", cid: `burst-${i}`, text: `burst ${i}` });
+        expected.push(`burst ${i}`);
+        sent++;
+        if (i === 70) {
+          sender.send({
+            type: "file",
+            cid: "burst-picture",
+            name: "burst.png",
+            mime: "image/png",
+            size: picture.length,
+          });
+          sender.send(picture);
+          expected.push(`burst.png (${picture.length} B)`);
+          sent++;
+        }
+        if (i === 140) {
+          sender.send({
+            type: "file",
+            cid: "burst-notes",
+            name: "notes.txt",
+            mime: "text/plain",
+            size: 5,
+          });
+          sender.send(new TextEncoder().encode("notes"));
+          expected.push("notes.txt (5 B)");
+          sent++;
+        }
+      }
+      for (let acked = 0; acked < sent; acked++) await sender.until("ack");
+    } finally {
+      await sender.close();
+    }
+
+    await waitForMessage(page, `burst ${BURST}`, "burst");
+    await waitForImage(page, "burst.png");
+    const list = await shown(page);
+    assert.deepEqual(list.map((m) => m.text), expected, "every message once, in order");
+    assert.ok(list.every((m) => m.from === "burst" && !m.pending && m.id !== null));
+    const ids = list.map((m) => Number(m.id));
+    assert.ok(ids.every((id, i) => i === 0 || id > ids[i - 1]), "ids increase");
+    // Each file got its own bytes, though several may share one batch frame.
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.locator("#messages .msg a", { hasText: "notes.txt" }).click(),
+    ]);
+    const saved = await download.path();
+    assert.equal(await Deno.readTextFile(saved), "notes");
+    await download.delete();
+    assert.ok(batches.length >= 1, "the page received batch frames");
+    assertNoProblems(ann);
+  },
+  { rateBurst: 500 },
+);
+
+browserTest(
+  "in a large room the page follows the member count without a line per member",
+  async (world) => {
+    // Above this many members the server sends only the count, at most once a second.
+    world.server.app.hub.options.largeRoom = 3;
+    const room = "large";
+    const guests = await joinCrowd(world.server, room, ["gail", "gus", "gwen"]);
+    let late: Client[] = [];
+    try {
+      const ann = await world.join("ann", room);
+      const page = ann.page;
+      await waitForMemberCount(page, "4");
+      assert.deepEqual([...await memberNames(page)].sort(), ["ann", "gail", "gus", "gwen"]);
+
+      late = await joinCrowd(world.server, room, ["hal"]);
+      await waitForMemberCount(page, "5");
+      // Who came is not said, and the list offers to catch up.
+      const more = page.locator("#members-more");
+      await more.waitFor();
+      await more.click();
+      await page.locator("#members li", { hasText: "hal" }).waitFor();
+      await page.waitForFunction(
+        () => (document.getElementById("members-more") as HTMLElement).hidden,
+        null,
+        { timeout: TIMEOUT_MS },
+      );
+      assert.deepEqual([...await memberNames(page)].sort(), ["ann", "gail", "gus", "gwen", "hal"]);
+
+      // A leave lowers the count; listing again drops the leaver.
+      await guests[0].close();
+      await waitForMemberCount(page, "4");
+      await more.click();
+      await page.waitForFunction(
+        () =>
+          ![...document.querySelectorAll("#members li")].some((li) => li.textContent === "gail"),
+        null,
+        { timeout: TIMEOUT_MS },
+      );
+      assert.deepEqual([...await memberNames(page)].sort(), ["ann", "gus", "gwen", "hal"]);
+      assert.deepEqual(await notes(page), [], "no line per member in a large room");
+
+      // Messages still flow as ever.
+      late[0].send({ type: "message", cid: "hal-1", text: "hello, large room" });
+      await waitForMessage(page, "hello, large room", "hal");
+      assertNoProblems(ann);
+    } finally {
+      await Promise.all([...guests, ...late].map((client) => client.close()));
+    }
+  },
+);
+
 // ---------------------------------------------------------------- identity and moderation
 
 /** The signing secret of the token-mode tests: 32 bytes or more, as the server requires. */
@@ -921,8 +1215,19 @@ browserTest(
       true,
     );
 
+    // A rename is refused without a cid, and only the rename: the connection stays.
+    await page.evaluate(() => {
+      const parley = (globalThis as unknown as { parley: { ws: WebSocket } }).parley;
+      parley.ws.send(JSON.stringify({ type: "nick", nick: "Annie" }));
+    });
+    await page.locator("#notice-text", { hasText: "Your name comes from your invite link" })
+      .waitFor();
+    assert.equal(await page.locator("#refusal").isHidden(), true, "a refused rename is no refusal");
+
     await say(ann, "hello from an invite");
     await waitForMessage(page, "hello from an invite", "Ann Lee");
+    assert.equal(await page.locator("#status").textContent(), "open");
+    assert.equal(ann.sockets.length, 1, "the refused rename did not end the connection");
     // A message posted through the server API carries a bot tag; a person's does not.
     await world.server.app.hub.post("team", { text: "build 42 passed", name: "ci" });
     await waitForMessage(page, "build 42 passed", "ci");
@@ -963,8 +1268,8 @@ browserTest(
 );
 
 browserTest("an invite that expires while connected says so and stops", async (world) => {
-  // Whole seconds: it expires 3 to 4 s from now, long after the page has joined.
-  const token = await signToken({ sub: "u-tim", name: "tim", rooms: ["team"], ttl: 4 });
+  // Whole seconds: it expires 5 to 6 s from now, after the page has joined even on a busy machine.
+  const token = await signToken({ sub: "u-tim", name: "tim", rooms: ["team"], ttl: 6 });
   const tim = await joinInvite(world, "tim", "team", token);
   await waitForRefusal(tim.page, "Your access expired. Open a fresh invite link to continue.");
   await assertNoReconnect(tim);
@@ -1058,7 +1363,7 @@ browserTest(
     await waitForRefusal(ann.page, "You were removed from this room by a moderator: spam");
     await assertNoReconnect(ann);
     assert.equal(ann.sockets.length, sockets, "the removed page did not reconnect");
-    const note = mo.page.locator("#messages .note .note-text");
+    const note = mo.page.locator("#messages .note .note-text", { hasText: "was removed" });
     await note.waitFor();
     assert.match(await note.textContent() ?? "", /^ann was removed by Mo until .+ \(spam\)$/);
     await mo.page.waitForFunction(
