@@ -74,6 +74,21 @@ export function nickProblem(nick: string): string | undefined {
  * ```
  */
 export function nickKey(nick: string): string {
+  // Checking a join against a room compares with every member present:
+  // remember keys, so that costs a map lookup per member, not two NFKC passes.
+  let key = KEYS.get(nick);
+  if (key === undefined) {
+    if (KEYS.size >= MAX_KEYS) KEYS.clear();
+    key = foldNick(nick);
+    KEYS.set(nick, key);
+  }
+  return key;
+}
+
+const KEYS = new Map<string, string>();
+const MAX_KEYS = 100_000;
+
+function foldNick(nick: string): string {
   return nick
     .normalize("NFKC")
     .toUpperCase()
