@@ -541,6 +541,101 @@ export function engineConformance(factory: EngineFactory): void {
     await engine.close();
   });
 
+  test("concurrent appends to one room get distinct contiguous ids and are all readable, in id order", async () => {
+    const engine = await factory.make({ historySize: 1000 });
+    const seen: number[] = [];
+    await engine.subscribe("r", (e) => e.type === "message" && seen.push(e.message.id));
+    // 200 appends at once: 150 cids, then 50 resends of every third of them.
+    const drafts = Array.from({ length: 200 }, (_, i) => {
+      const n = i < 150 ? i : (i - 150) * 3;
+      return { from: ann, sender: `client-${n % 7}`, cid: `c${n}`, text: `text ${n}` };
+    });
+    const results = await Promise.all(drafts.map((draft) => engine.append("r", draft)));
+    const fresh = results.filter((r) => !r.duplicate).map((r) => r.message);
+    assert.equal(fresh.length, 150, "each cid stored once");
+    const ids = fresh.map((m) => m.id).sort((a, b) => a - b);
+    assert.deepEqual(ids, Array.from({ length: 150 }, (_, i) => i + 1));
+    const byCid = new Map(fresh.map((m) => [m.cid, m]));
+    results.forEach(({ message }, i) => {
+      assert.equal(message.id, byCid.get(drafts[i].cid)?.id, `${drafts[i].cid} has one id`);
+      assert.equal(message.text, drafts[i].text);
+    });
+    const { head, messages } = await engine.read("r", undefined, 1000);
+    assert.equal(head, 150);
+    assert.deepEqual(messages.map((m) => m.id), ids);
+    for (const m of messages) assert.equal(m.text, `text ${m.cid!.slice(1)}`);
+    await until(() => seen.length >= 150, "every message published");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(seen, ids, "published once each, in id order");
+    await engine.close();
+  });
+
+  test("edits and deletes appended at once with their targets apply to them, in call order", async () => {
+    const engine = await factory.make({ historySize: 20 });
+    const results = await Promise.all([
+      engine.append("r", { from: ann, sender: "s", cid: "a", text: "v1" }),
+      engine.append("r", { from: ann, sender: "s", cid: "b", kind: "edit", target: 1, text: "v2" }),
+      engine.append("r", { from: bob, text: "other" }),
+      engine.append("r", { from: bob, kind: "edit", target: 3, text: "other, fixed" }),
+      engine.append("r", { from: ann, kind: "delete", target: 1 }),
+      engine.append("r", { from: ann, kind: "edit", target: 1, text: "after the delete" }),
+      engine.append("r", { from: ann, sender: "s", cid: "b", kind: "edit", target: 1, text: "v2" }),
+    ]);
+    assert.deepEqual(results.map((r) => [r.message.id, r.duplicate]), [
+      [1, false],
+      [2, false],
+      [3, false],
+      [4, false],
+      [5, false],
+      [6, false],
+      [2, true],
+    ]);
+    const { messages } = await engine.read("r", undefined, 10);
+    assert.deepEqual(messages.map((m) => [m.id, m.kind ?? "message", m.text, m.deleted ?? false]), [
+      [1, "message", undefined, true],
+      [2, "edit", undefined, true],
+      [3, "message", "other, fixed", false],
+      [4, "edit", "other, fixed", false],
+      [5, "delete", undefined, false],
+      [6, "edit", "after the delete", false],
+    ]);
+    assert.equal(messages[2].edited, results[3].message.ts);
+    const page = await engine.history("r", 99, 10);
+    assert.deepEqual(page.messages.map((m) => [m.id, m.text, m.deleted ?? false]), [
+      [1, undefined, true],
+      [3, "other, fixed", false],
+    ]);
+    await engine.close();
+  });
+
+  test("concurrent appends from two instances store each cid once, with contiguous ids", async () => {
+    if (!factory.peer) return;
+    const one = await factory.make({ historySize: 1000 });
+    const two = await factory.peer(one);
+    const seen: number[] = [];
+    await one.subscribe("r", (e) => e.type === "message" && seen.push(e.message.id));
+    // The same 50 cids through both instances, as a client resending elsewhere.
+    const send = (engine: Engine) =>
+      Array.from(
+        { length: 50 },
+        (_, i) => engine.append("r", { from: ann, sender: "s", cid: `c${i}`, text: `t${i}` }),
+      );
+    const results = await Promise.all([...send(one), ...send(two)]);
+    for (let i = 0; i < 50; i++) {
+      assert.equal(results[i].message.id, results[50 + i].message.id, `c${i} has one id`);
+      assert.equal(results[i].duplicate !== results[50 + i].duplicate, true, `c${i} stored once`);
+    }
+    const ids = results.filter((r) => !r.duplicate).map((r) => r.message.id);
+    assert.deepEqual(ids.sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i + 1));
+    const { messages } = await two.read("r", undefined, 100);
+    assert.deepEqual(messages.map((m) => m.id), ids);
+    await until(() => seen.length >= 50, "every message on the first instance");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(seen, ids);
+    await two.close();
+    await one.close();
+  });
+
   test("a kick signal, a verified member and a bot's message cross instances whole", async () => {
     if (!factory.peer) return;
     const one = await factory.make({ historySize: 10 });

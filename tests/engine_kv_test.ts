@@ -668,3 +668,275 @@ Deno.test("KvEngine.history() pages files without reading their bytes", async ()
     await engine.close();
   }
 });
+
+/** Message keys of a room with the versionstamp of the write that last set each. */
+async function stamps(path: string, room: string): Promise<Map<number, string>> {
+  const kv = await Deno.openKv(path);
+  try {
+    const found = new Map<number, string>();
+    for await (const entry of kv.list({ prefix: ["parley", room, "msg"] })) {
+      found.set(entry.key.at(-1) as number, entry.versionstamp);
+    }
+    return found;
+  } finally {
+    kv.close();
+  }
+}
+
+Deno.test("KvEngine stores appends that wait together in one write, and each alone with groupCommits false", async () => {
+  for (const groupCommits of [true, false]) {
+    const path = await freshPath();
+    const engine = await open(path, { groupCommits });
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => engine.append("r", { from: ann, text: `m${i}` })),
+      );
+      assert.deepEqual(
+        results.map((r) => r.message.id),
+        Array.from({ length: 20 }, (_, i) => i + 1),
+        "ids in call order",
+      );
+      const writes = new Set((await stamps(path, "r")).values()).size;
+      if (groupCommits) assert.equal(writes, 1, "one write for twenty appends made at once");
+      else assert.equal(writes, 20);
+      const { messages: history } = await engine.read("r", undefined, 50);
+      assert.deepEqual(history.map((m) => m.text), results.map((r) => r.message.text));
+    } finally {
+      await engine.close();
+    }
+  }
+});
+
+Deno.test("KvEngine treats a cid sent twice in one write as a duplicate of the first", async () => {
+  const path = await freshPath();
+  const engine = await open(path);
+  try {
+    const seen: number[] = [];
+    await engine.subscribe("r", (e) => e.type === "message" && seen.push(e.message.id));
+    const draft = { from: ann, sender: "s", cid: "c1", text: "hi" };
+    const results = await Promise.all([
+      engine.append("r", { from: ann, text: "before" }),
+      engine.append("r", draft),
+      engine.append("r", { ...draft, text: "resent" }),
+      engine.append("r", { ...draft, sender: "other" }),
+    ]);
+    assert.deepEqual(results.map((r) => [r.message.id, r.duplicate]), [
+      [1, false],
+      [2, false],
+      [2, true],
+      [3, false],
+    ]);
+    assert.equal(results[2].message.text, "hi", "the duplicate gives back the first");
+    assert.equal(new Set((await stamps(path, "r")).values()).size, 1, "one write");
+    assert.deepEqual(seen, [1, 2, 3], "the duplicate is not published");
+    const again = await engine.append("r", draft);
+    assert.deepEqual([again.message.id, again.duplicate], [2, true]);
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine applies edits and deletes to messages stored by the same write", async () => {
+  const path = await freshPath();
+  const engine = await open(path);
+  try {
+    const results = await Promise.all([
+      engine.append("r", { from: ann, sender: "s", cid: "a", text: "v1" }),
+      engine.append("r", { from: ann, sender: "s", cid: "b", kind: "edit", target: 1, text: "v2" }),
+      engine.append("r", { from: bob, text: "other" }),
+      engine.append("r", { from: bob, kind: "edit", target: 3, text: "other, fixed" }),
+      engine.append("r", { from: ann, kind: "delete", target: 1 }),
+      engine.append("r", { from: ann, kind: "edit", target: 1, text: "after the delete" }),
+    ]);
+    assert.deepEqual(results.map((r) => r.message.id), [1, 2, 3, 4, 5, 6]);
+    assert.equal(new Set((await stamps(path, "r")).values()).size, 1, "one write");
+    const { messages: history } = await engine.read("r", undefined, 10);
+    assert.deepEqual(history.map((m) => [m.id, m.kind ?? "message", m.text, m.deleted ?? false]), [
+      [1, "message", undefined, true],
+      [2, "edit", undefined, true],
+      [3, "message", "other, fixed", false],
+      [4, "edit", "other, fixed", false],
+      [5, "delete", undefined, false],
+      [6, "edit", "after the delete", false],
+    ]);
+    assert.equal(history[2].edited, results[3].message.ts);
+    assert.deepEqual(await keys(path, ["parley", "r", "edits"]), [
+      ["parley", "r", "edits", 3, 4],
+    ]);
+    const page = await engine.history("r", 99, 10);
+    assert.deepEqual(page.messages.map((m) => [m.id, m.text, m.deleted ?? false]), [
+      [1, undefined, true],
+      [3, "other, fixed", false],
+    ]);
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine groups files with their chunks, and drops the chunks of a copy resent in the same write", async () => {
+  const path = await freshPath();
+  const engine = await open(path, { historyFileBytes: 1 << 20 });
+  try {
+    const data = picture(100_000);
+    const file = { from: ann, sender: "s", cid: "f1", data, name: "a.bin", mime: "a/b" };
+    const results = await Promise.all([
+      engine.append("r", { from: ann, text: "first" }),
+      engine.append("r", file),
+      engine.append("r", file),
+      engine.append("r", { from: ann, text: "last" }),
+    ]);
+    assert.deepEqual(results.map((r) => [r.message.id, r.duplicate]), [
+      [1, false],
+      [2, false],
+      [2, true],
+      [3, false],
+    ]);
+    assertBytes(results[2].message.data, data, "the duplicate");
+    const chunks = await keys(path, ["parley", "r", "blob"]);
+    assert.equal(chunks.length, Math.ceil(data.byteLength / CHUNK_BYTES), "one copy of the bytes");
+    const { messages: history } = await engine.read("r", undefined, 10);
+    assert.deepEqual(history.map((m) => m.text ?? m.name), ["first", "a.bin", "last"]);
+    assertBytes(history[1].data, data, "history");
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine trims what a write pushes out of history in the same write", async () => {
+  const path = await freshPath();
+  const engine = await open(path, { historySize: 5 });
+  try {
+    await engine.append("r", { from: ann, sender: "s", cid: "c0", text: "m0" });
+    const results = await Promise.all(
+      Array.from(
+        { length: 30 },
+        (_, i) =>
+          engine.append("r", { from: ann, sender: "s", cid: `c${i + 1}`, text: `m${i + 1}` }),
+      ),
+    );
+    assert.equal(results.at(-1)!.message.id, 31);
+    assert.deepEqual([...(await stamps(path, "r")).keys()], [27, 28, 29, 30, 31]);
+    const dedups = await keys(path, ["parley", "r", "dedup"]);
+    assert.deepEqual(dedups.map((k) => k.at(-1)), ["c26", "c27", "c28", "c29", "c30"]);
+    const { messages: history } = await engine.read("r", undefined, 10);
+    assert.deepEqual(history.map((m) => m.text), ["m26", "m27", "m28", "m29", "m30"]);
+    const late = await engine.append("r", { from: ann, sender: "s", cid: "c3", text: "m3" });
+    assert.equal(late.duplicate, false, "out of history, a cid is new again");
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine keeps the dedup key of a cid stored again while its first message waits to be trimmed", async () => {
+  const path = await freshPath();
+  retain(path);
+  const big = await open(path, { historySize: 1000 });
+  await Promise.all(
+    Array.from(
+      { length: 600 },
+      (_, i) => big.append("r", { from: ann, sender: "s", cid: `c${i + 1}`, text: `m${i + 1}` }),
+    ),
+  );
+  await big.close();
+  // History shrunk by a new configuration: trimming catches up over several writes.
+  const small = await open(path, { historySize: 3 });
+  await release(path);
+  try {
+    const again = await small.append("r", { from: ann, sender: "s", cid: "c590", text: "anew" });
+    assert.deepEqual([again.message.id, again.duplicate], [601, false], "c590 left history");
+    const kept = [...(await stamps(path, "r")).keys()];
+    assert.ok(kept.includes(590), "message 590 is not trimmed yet");
+    await small.append("r", { from: ann, text: "more" });
+    assert.deepEqual([...(await stamps(path, "r")).keys()], [600, 601, 602]);
+    const resent = await small.append("r", { from: ann, sender: "s", cid: "c590", text: "x" });
+    assert.deepEqual([resent.message.id, resent.duplicate], [601, true]);
+  } finally {
+    await small.close();
+  }
+});
+
+Deno.test("KvEngine writes that lose to another handle's are built again: each cid once, ids contiguous", async () => {
+  const path = await freshPath();
+  const one = await open(path);
+  const two = await open(path);
+  try {
+    const seen: number[] = [];
+    await two.subscribe("r", (e) => e.type === "message" && seen.push(e.message.id));
+    // Both handles send the same 60 cids at once, as a client resending to another instance.
+    const send = (engine: Engine) =>
+      Array.from(
+        { length: 60 },
+        (_, i) => engine.append("r", { from: ann, sender: "s", cid: `c${i}`, text: `m${i}` }),
+      );
+    const results = await Promise.all([...send(one), ...send(two)]);
+    const fresh = results.filter((r) => !r.duplicate).map((r) => r.message.id);
+    assert.deepEqual(fresh.sort((a, b) => a - b), Array.from({ length: 60 }, (_, i) => i + 1));
+    for (let i = 0; i < 60; i++) {
+      assert.equal(results[i].message.id, results[60 + i].message.id, `c${i} has one id`);
+    }
+    const { messages: history } = await one.read("r", undefined, 100);
+    assert.equal(history.length, 60);
+    assert.deepEqual(
+      history.map((m) => m.cid).sort(),
+      Array.from({ length: 60 }, (_, i) => `c${i}`).sort(),
+    );
+    await until(() => seen.length >= 60, "sixty messages on the second handle");
+    assert.deepEqual(seen, history.map((m) => m.id));
+  } finally {
+    await two.close();
+    await one.close();
+  }
+});
+
+Deno.test("KvEngine splits appends made at once over several writes when one would pass Deno KV's limits", async () => {
+  const path = await freshPath();
+  const engine = await open(path, { historyBytes: 16 << 20 });
+  try {
+    // Each record is about 16 KiB: far over 800 KiB in all.
+    const texts = Array.from({ length: 60 }, (_, i) => `${i}`.padEnd(16_000, "x"));
+    const results = await Promise.all(texts.map((text) => engine.append("r", { from: ann, text })));
+    assert.deepEqual(results.map((r) => r.message.id), texts.map((_, i) => i + 1));
+    const writes = new Set((await stamps(path, "r")).values()).size;
+    assert.ok(writes >= 2 && writes < 60, `${writes} writes for 60 appends`);
+    const { messages: history } = await engine.read("r", undefined, 100);
+    assert.equal(history.length, 60);
+    assert.ok(history.every((m, i) => m.text === texts[i]), "every text, in order");
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("KvEngine shares one commit among rooms appended to at once, each room's ids its own", async () => {
+  const path = await freshPath();
+  const engine = await open(path);
+  try {
+    const results = await Promise.all(
+      ["a", "b", "c", "a", "b", "c"].map((room, i) =>
+        engine.append(room, { from: ann, sender: "s", cid: `c${i}`, text: `${room}${i}` })
+      ),
+    );
+    assert.deepEqual(results.map((r) => [r.message.room, r.message.id]), [
+      ["a", 1],
+      ["b", 1],
+      ["c", 1],
+      ["a", 2],
+      ["b", 2],
+      ["c", 2],
+    ]);
+    const writes = new Set<string>();
+    for (const room of ["a", "b", "c"]) {
+      for (const stamp of (await stamps(path, room)).values()) writes.add(stamp);
+    }
+    assert.equal(writes.size, 1, "one commit for three rooms");
+    for (const room of ["a", "b", "c"]) {
+      const { messages: history } = await engine.read(room, undefined, 10);
+      assert.deepEqual(
+        history.map((m) => m.text),
+        results.filter((r) => r.message.room === room)
+          .map((r) => r.message.text),
+      );
+    }
+  } finally {
+    await engine.close();
+  }
+});

@@ -15,7 +15,8 @@ import { Buffer } from "node:buffer";
 import type { Engine, EngineEvent, MessageDraft, Signal } from "../lib/engine.ts";
 import { MemoryEngine } from "../lib/engines/memory.ts";
 import { RedisEngine, type RedisEngineOptions } from "../lib/engines/redis.ts";
-import { parseEvent } from "../lib/engines/redis/_codec.ts";
+import { Redis } from "ioredis";
+import { parseEvent, parseEvents } from "../lib/engines/redis/_codec.ts";
 import { PresenceView } from "../lib/engines/redis/_presence_view.ts";
 import type { Member, Position, StoredMessage } from "../lib/protocol.ts";
 import { engineConformance } from "./engine_conformance.ts";
@@ -117,6 +118,93 @@ test("a subscription made while the subscriber reconnects waits for it", async (
   stop();
   await other.close();
   await engine.close();
+});
+
+test("stores appends made together with one script call, published in one channel message", async () => {
+  const engine = await open({ historySize: 100, historyFileBytes: 1024 });
+  const prefix = optionsOf.get(engine)!.keyPrefix;
+  const listener = new Redis(server!.url, { lazyConnect: true });
+  await listener.connect();
+  const payloads: Buffer[] = [];
+  listener.on("messageBuffer", (_channel: Buffer, payload: Buffer) => payloads.push(payload));
+  await listener.subscribe(`${prefix}{r}:events`);
+  try {
+    const seen: StoredMessage[] = [];
+    await engine.subscribe("r", (e) => e.type === "message" && seen.push(e.message));
+    const bytes = new Uint8Array([0x0a, 0x20, 0x4e, 0, 255, 0x0a]);
+    const drafts: MessageDraft[] = [
+      ...Array.from(
+        { length: 18 },
+        (_, i) => ({ from: ann, sender: "s", cid: `c${i}`, text: `m${i}` }),
+      ),
+      { from: ann, sender: "s", cid: "c3", text: "resent" },
+      { from: bob, data: bytes, name: "a.bin", mime: "a/b" },
+      { from: bob, sender: "s 2\n", cid: "c\n3 ", text: "odd cid" },
+      { from: bob, sender: "s 2\n", cid: "c\n3 ", text: "odd cid, resent" },
+    ];
+    const results = await Promise.all(drafts.map((draft) => engine.append("r", draft)));
+    assert.deepEqual(
+      results.map((r) => [r.message.id, r.duplicate]),
+      [
+        ...Array.from({ length: 18 }, (_, i) => [i + 1, false]),
+        [4, true],
+        [19, false],
+        [20, false],
+        [20, true],
+      ],
+    );
+    assert.equal(results[18].message.text, "m3", "the duplicate gives back the first");
+    await until(() => seen.length === 20 && payloads.length >= 1, "every message");
+    assert.equal(payloads.length, 1, "one channel message");
+    assert.equal(String.fromCharCode(payloads[0][0]), "N");
+    assert.deepEqual(seen.map((m) => m.id), Array.from({ length: 20 }, (_, i) => i + 1));
+    assert.deepEqual(seen[18].data, bytes, "a file's bytes cross whole");
+    const resent = await engine.append("r", {
+      from: bob,
+      sender: "s 2\n",
+      cid: "c\n3 ",
+      text: "x",
+    });
+    assert.deepEqual([resent.message.id, resent.duplicate], [20, true], "any cid dedups");
+    const single = await engine.append("r", { from: null, text: "alone" });
+    assert.equal(single.message.id, 21);
+    await until(() => payloads.length === 2, "the single message");
+    assert.equal(String.fromCharCode(payloads[1][0]), "M", "one message keeps the older format");
+  } finally {
+    listener.disconnect();
+    await engine.close();
+  }
+});
+
+test("fails a batch that Redis does not answer, and the appends behind it, then goes on", async () => {
+  const engine = await open({ commandTimeoutMs: 1000 });
+  try {
+    // Loads the script: a NOSCRIPT answer after a timeout would go unheard.
+    await engine.append("r", { from: null, text: "first" });
+    server!.pause();
+    const sent = Array.from(
+      { length: 5 },
+      (_, i) => engine.append("r", { from: null, text: `m${i}` }),
+    );
+    await sleep(50);
+    // These wait behind the batch on its way (for a second), and fail with it: never sent.
+    const behind = Array.from({ length: 3 }, () => engine.append("r", { from: null, text: "x" }));
+    const failed = await Promise.allSettled([...sent, ...behind]);
+    assert.deepEqual(failed.map((r) => r.status), Array(8).fill("rejected"));
+    server!.resume();
+    // The timed-out batch still runs once Redis goes on: its ids are taken.
+    let head = 0;
+    for (let i = 0; i < 50 && head < 6; i++) {
+      await sleep(20);
+      head = (await engine.read("r", undefined, 0)).head;
+    }
+    assert.equal(head, 6, "the late batch, and nothing behind it");
+    const after = await engine.append("r", { from: null, text: "after" });
+    assert.equal(after.message.id, 7);
+  } finally {
+    server!.resume();
+    await engine.close();
+  }
 });
 
 test("fills a gap left by a message whose publish was lost", async () => {
@@ -599,6 +687,61 @@ Deno.test("PresenceView keeps members through lost keys until their deadline", (
     { type: "leave", member: bob },
   ]);
   assert.equal(view.nextDeadline(), Infinity);
+});
+
+Deno.test("parseEvents reads the messages of one append script call, bytes and all", () => {
+  const json = JSON.stringify([
+    { ts: 5, from: ann, text: "é \n" },
+    { ts: 6, from: null, name: "f", mime: "a/b", size: 3 },
+    { ts: 7, from: bob, sender: "s", cid: "c", kind: "delete", target: 7 },
+  ]);
+  const bytes = [0x0a, 0x20, 0xff];
+  const batch = (head: string, tail = bytes) =>
+    Buffer.concat([Buffer.from(`${head}\n${json}`), Buffer.from(tail)]);
+  const payload = batch(`N7 ep1 ${Buffer.byteLength(json)}`);
+  const base = { room: "r", epoch: "ep1", sender: undefined, cid: undefined };
+  assert.deepEqual(parseEvents("r", payload).map((incoming) => incoming.event), [
+    { type: "message", message: { ...base, id: 7, ts: 5, from: ann, text: "é \n" } },
+    {
+      type: "message",
+      message: {
+        ...base,
+        id: 8,
+        ts: 6,
+        from: null,
+        name: "f",
+        mime: "a/b",
+        size: 3,
+        data: new Uint8Array(bytes),
+      },
+    },
+    {
+      type: "message",
+      message: {
+        ...base,
+        id: 9,
+        ts: 7,
+        from: bob,
+        sender: "s",
+        cid: "c",
+        kind: "delete",
+        target: 7,
+      },
+    },
+  ]);
+  const one = JSON.stringify({ ts: 1, from: null, text: "x" });
+  assert.equal(parseEvents("r", Buffer.from(`M1 ep\n${one}\n`)).length, 1, "one message");
+  for (
+    const bad of [
+      batch(`N7 ep1 ${Buffer.byteLength(json)}`, bytes.slice(1)),
+      batch(`N7 ep1 ${Buffer.byteLength(json)}`, [...bytes, 0]),
+      batch(`N7 ep1 ${Buffer.byteLength(json) - 1}`),
+      batch(`Nx ep1 ${Buffer.byteLength(json)}`),
+      Buffer.from(`N1 ep 2\n{}`),
+    ]
+  ) {
+    assert.throws(() => parseEvents("r", bad), SyntaxError, bad.toString());
+  }
 });
 
 Deno.test("parseEvent reads every signal and rejects one of the wrong shape", () => {

@@ -12,11 +12,12 @@
  * sharing a file: SQLite-backed `kv.watch` only notices commits made by its
  * own process.
  *
- * The parts: `kv/_messages.ts` (ids, history, dedup, trimming),
- * `kv/_changes.ts` (what edits and deletes rewrite), `kv/_presence.ts`
- * (presence and signals), `kv/_blobs.ts` (chunked bytes), `kv/_records.ts`
- * (stored shapes), `kv/_store.ts` (keys, commits, queues); this file wires
- * them to subscriptions.
+ * The parts: `kv/_messages.ts` (history as reads see it), `kv/_appends.ts`
+ * (ids, dedup, grouped commits), `kv/_group.ts` (grouped writes, their
+ * limits and shared commits), `kv/_trim.ts` (trimming), `kv/_changes.ts` (what edits and
+ * deletes rewrite), `kv/_presence.ts` (presence and signals), `kv/_blobs.ts`
+ * (chunked bytes), `kv/_records.ts` (stored shapes), `kv/_store.ts` (keys,
+ * commits, queues); this file wires them to subscriptions.
  *
  * Keys of a room, all under `["parley", room]`:
  *
@@ -36,11 +37,22 @@
  * | `"signal", seq`                     | a typing signal (kept 10 s) or a kick (1 min)   |
  * | `"ban", memberId`                   | end of the member's ban; expires with it        |
  *
+ * Appends to a room are stored in groups: the appends that wait while the
+ * room's previous commit is under way go together in the next atomic commit
+ * (`kv/_group.ts`), which takes their ids in call order, sets their dedup
+ * keys and trims what they push out of history. Each room's write checks
+ * the room's `head` and `tail`, so it loses cleanly to another instance's
+ * commit and is built again from a fresh read. The writes of rooms that are
+ * ready together share one commit, up to five (`SharedWrites`). On a local
+ * file a commit costs as much as dozens of small mutations, so grouping is
+ * what lets busy rooms keep up (`bench/engines.ts`).
+ *
  * Edits and deletes are entries of their own and also rewrite their target's
- * record in the same atomic commit as the entry, so `read()` and `history()`
- * need no second lookup. A delete turns the target and its edits (found
- * through the `"edits"` index) into tombstones, fifty edits per commit: the
- * first fifty with the entry, any more in the commits right after.
+ * record in the same atomic commit as the entry (the target may be a message
+ * of the same group), so `read()` and `history()` need no second lookup. A
+ * delete turns the target and its edits (found through the `"edits"` index)
+ * into tombstones, fifty edits per commit: the first fifty with the entry,
+ * any more in the commits right after.
  *
  * Deno KV's limits, and how they are kept:
  *
@@ -48,11 +60,14 @@
  *   chunks of {@linkcode CHUNK_BYTES}, written before the atomic commit that
  *   publishes the message, so a message is never visible without its bytes.
  *   An edit's long text stays in the edit's chunks, which its target borrows.
- * - 800 KiB and 1000 mutations per atomic write: chunks are written ten to a
- *   commit; deletions and tombstones go in batches.
+ * - 800 KiB, 80 KiB of keys and 1000 mutations per atomic write: chunks are
+ *   written ten to a commit; a group takes appends while their estimated
+ *   size stays within half of each limit, and trims within the rest;
+ *   deletions and tombstones go in batches.
  * - 10 checks per atomic write (Deno Deploy's limit; local files allow 100):
- *   an append checks at most three keys; trimming and presence sweeps work in
- *   batches that need at most 10.
+ *   a room's write of appends checks two keys, so a commit shares at most
+ *   five; trimming that falls behind and presence sweeps work in batches
+ *   that need at most 10.
  * - 10 keys per watch, 10 keys per `getMany`: a subscription watches three.
  *
  * Costs of presence: `refresh()` reads two keys (its own entry and the
@@ -131,6 +146,14 @@ export interface KvEngineOptions {
    * @default {silentLogger}
    */
   logger?: Logger;
+  /**
+   * Stores the appends to one room that are waiting together in one atomic
+   * commit. False commits each append on its own, as before grouping
+   * existed: kept to measure what grouping gains (`bench/engines.ts`).
+   *
+   * @default {true}
+   */
+  groupCommits?: boolean;
 }
 
 /** How far a subscription has delivered, in each of a room's three logs. */
@@ -251,7 +274,7 @@ export class KvEngine implements Engine {
   async #deliverLocally(
     room: string,
     to: Partial<Cursor>,
-    known?: StoredMessage,
+    known?: StoredMessage[],
   ): Promise<void> {
     const subs = [...this.#rooms.get(room) ?? []];
     await Promise.all(subs.map((sub) => this.#catchUp(sub, to, known)));
@@ -261,16 +284,14 @@ export class KvEngine implements Engine {
 
   /**
    * Stores a message (see `MessageLog.append`). Subscribers of this engine
-   * get it before this resolves, as with the memory engine.
+   * get it before this resolves, as with the memory engine: from the
+   * messages its write stored, without reading them back.
    */
   append(room: string, draft: MessageDraft): Promise<AppendResult> {
     return this.#track(async () => {
-      const result = await this.#messages.append(room, draft);
-      if (!result.duplicate) {
-        const { message } = result;
-        await this.#deliverLocally(room, { id: message.id }, message);
-      }
-      return result;
+      const { message, duplicate, stored } = await this.#messages.append(room, draft);
+      if (!duplicate) await this.#deliverLocally(room, { id: message.id }, stored);
+      return { message, duplicate };
     });
   }
 
@@ -409,23 +430,35 @@ export class KvEngine implements Engine {
   }
 
   /**
-   * Delivers what `to` says is stored, after earlier catch-ups. `known`: a
-   * message this engine just stored, which need not be read back.
+   * Delivers what `to` says is stored, after earlier catch-ups. `known`:
+   * messages with consecutive ids this engine just stored, which need not
+   * be read back.
    */
-  #catchUp(sub: Subscription, to: Partial<Cursor>, known?: StoredMessage): Promise<void> {
+  #catchUp(sub: Subscription, to: Partial<Cursor>, known?: StoredMessage[]): Promise<void> {
     sub.chain = sub.chain.then(() => this.#deliver(sub, to, known)).catch((error) =>
       this.#log.warn("kv_catch_up_failed", { room: sub.room, error: String(error) })
     );
     return sub.chain;
   }
 
-  async #deliver(sub: Subscription, to: Partial<Cursor>, known?: StoredMessage): Promise<void> {
+  async #deliver(sub: Subscription, to: Partial<Cursor>, known?: StoredMessage[]): Promise<void> {
     const { room, last } = sub;
+    const first = known?.[0]?.id ?? 0;
+    const knownAt = (id: number) => known?.[id - first];
+    if (to.id !== undefined && to.id > last.id && first > 0 && first <= last.id + 1) {
+      // All known: nothing to read.
+      const end = Math.min(to.id, first + known!.length - 1);
+      while (last.id < end && !sub.stopped) {
+        const message = knownAt(last.id + 1)!;
+        last.id = message.id;
+        this.#emit(sub, { type: "message", message });
+      }
+      if (sub.stopped) return;
+    }
     if (to.id !== undefined && to.id > last.id) {
       for (const record of await this.#messages.records(room, last.id + 1, to.id)) {
-        const message = record.id === known?.id
-          ? known
-          : await this.#messages.message(room, record, "live");
+        const message = knownAt(record.id) ??
+          await this.#messages.message(room, record, "live");
         if (sub.stopped) return;
         last.id = record.id;
         this.#emit(sub, { type: "message", message });

@@ -1,10 +1,14 @@
 /**
  * The Redis engine: several Parley instances share rooms through one Redis.
  *
- * - A room's total order comes from one Lua script per append: dedup check,
- *   next id, `XADD` to the room's stream (trimmed by count and bytes, like the
- *   in-memory history), the effect of an edit or delete, and `PUBLISH` on the
- *   room's channel, all atomic.
+ * - A room's total order comes from a Lua script that runs, for each append,
+ *   dedup check, next id, `XADD` to the room's stream (trimmed by count and
+ *   bytes, like the in-memory history) and the effect of an edit or delete,
+ *   then `PUBLISH`es the new messages on the room's channel, all atomic. The
+ *   appends to a room made while its previous calls are on their way go
+ *   together in the next one (`_batches.ts`): a command costs the client
+ *   far more than Redis's work for one message, so a busy room costs one
+ *   call and one channel message per batch, not per message.
  * - Stream entries cannot change, so what edits and deletes do to earlier
  *   messages is a per-room hash of patches (id -> new text, or tombstone),
  *   written by the same script, applied by every read and trimmed with the
@@ -49,6 +53,7 @@ import type {
 import { type Logger, silentLogger } from "../log.ts";
 import type { Member, Position } from "../protocol.ts";
 import { newEpoch } from "./memory.ts";
+import { Batches, type BatchLimits } from "./_batches.ts";
 import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
 import {
   type Header,
@@ -57,7 +62,7 @@ import {
   pairs,
   parseEntries,
   parseEntry,
-  parseEvent,
+  parseEvents,
   type PresenceStamp,
   sizeOf,
   toBuffer,
@@ -136,6 +141,21 @@ interface Scripts {
 }
 
 type Listener = (event: EngineEvent) => void;
+
+/** The arguments of one entry of the append script (see `APPEND_LUA`). */
+type AppendEntry = [string, string, Buffer | string];
+
+/** What the append script answered for one entry, with the room's epoch. */
+interface AppendReply {
+  epoch: string;
+  /** The new entry's id. */
+  id?: number;
+  /** A duplicate: the entry stored earlier and its patch, as buffers. */
+  duplicate?: [unknown, Buffer];
+}
+
+/** How many appends go in one script call: enough to pay for the call many times over. */
+const APPEND_BATCH: BatchLimits = { items: 256, bytes: 1 << 20 };
 
 /** A channel message waiting in a feed. */
 interface Queued extends Incoming {
@@ -230,6 +250,8 @@ export class RedisEngine implements Engine {
   /** Pub/sub only. */
   #sub: Redis;
   #scripts: Scripts;
+  /** Appends waiting for their room's batch. */
+  #appends: Batches<AppendEntry, AppendReply>;
   #feeds = new Map<string, Feed>();
   #byChannel = new Map<string, Feed>();
   /** Presence entries of this instance's connections, by room and connection. */
@@ -254,6 +276,14 @@ export class RedisEngine implements Engine {
     this.#now = options.now ?? Date.now;
     this.#prefix = options.keyPrefix ?? "parley:";
     this.#scripts = scripts;
+    this.#appends = new Batches({
+      send: (room, entries) => this.#appendBatch(room, entries),
+      size: (entry) => entry[1].length + entry[2].length,
+      limits: APPEND_BATCH,
+      // Redis runs the next batch while this instance handles the last answer.
+      concurrency: 2,
+      hopeless: (error) => String(error).includes("timed out"),
+    });
     this.#commandTimeoutMs = options.commandTimeoutMs ?? 2000;
     const maxRetryMs = options.maxRetryMs ?? 1000;
     // Every instance notices lost keys within a sweep, or when it reconnects.
@@ -403,6 +433,29 @@ export class RedisEngine implements Engine {
         draft.target! > 0
       ? String(draft.target)
       : "";
+    const size = sizeOf(header.text, kind === "f" ? data!.byteLength : 0);
+    const patch = kind === "e" ? JSON.stringify({ text: header.text, edited: ts }) : "";
+    const { epoch, id, duplicate } = await this.#appends.add(room, [
+      `${kind} ${size} ${target}\n${patch}\n${field}`,
+      JSON.stringify(header),
+      data ? toBuffer(data) : "",
+    ]);
+    if (duplicate) {
+      return {
+        message: parseEntry(room, epoch, duplicate[0], duplicate[1].toString()),
+        duplicate: true,
+      };
+    }
+    const stored = message(room, epoch, id!, header);
+    if (data) stored.data = data;
+    return { message: stored, duplicate: false };
+  }
+
+  /**
+   * Runs the append script for a batch of entries of one room (see
+   * `_batches.ts`): one call, and one channel message for all new entries.
+   */
+  async #appendBatch(room: string, entries: AppendEntry[]): Promise<AppendReply[]> {
     const reply = await this.#eval(
       this.#scripts.append,
       [
@@ -414,27 +467,23 @@ export class RedisEngine implements Engine {
       ],
       [
         newEpoch(),
-        field,
-        JSON.stringify(header),
-        data ? toBuffer(data) : "",
-        kind,
-        sizeOf(header.text, kind === "f" ? data!.byteLength : 0),
         this.#options.historySize,
         this.#options.historyBytes,
         this.#channel(room),
-        target,
-        kind === "e" ? JSON.stringify({ text: header.text, edited: ts }) : "",
+        ...entries.flat(),
       ],
       true,
-    ) as [Buffer, Buffer, unknown, Buffer?];
-    const epoch = reply[1].toString();
-    if (reply[0].toString() === "dup") {
-      const patch = reply[3]?.toString() ?? "";
-      return { message: parseEntry(room, epoch, reply[2], patch), duplicate: true };
+    ) as [Buffer, Buffer, Buffer[]];
+    const epoch = reply[0].toString();
+    let next = parseInt(reply[1].toString(), 10);
+    const dups = new Map<number, [unknown, Buffer]>();
+    for (let i = 0; i + 2 < reply[2].length; i += 3) {
+      dups.set(parseInt(reply[2][i].toString(), 10), [reply[2][i + 1], reply[2][i + 2]]);
     }
-    const stored = message(room, epoch, parseInt((reply[2] as Buffer).toString(), 10), header);
-    if (data) stored.data = data;
-    return { message: stored, duplicate: false };
+    return entries.map((_, i) => {
+      const dup = dups.get(i);
+      return dup ? { epoch, duplicate: dup } : { epoch, id: next++ };
+    });
   }
 
   async read(room: string, after: Position | undefined, limit: number): Promise<ReadResult> {
@@ -604,7 +653,9 @@ export class RedisEngine implements Engine {
     const feed = this.#byChannel.get(channel);
     if (!feed) return;
     try {
-      feed.queue.push({ ...parseEvent(feed.room, payload), read: feed.reads });
+      for (const { event, stamp } of parseEvents(feed.room, payload)) {
+        feed.queue.push({ event, stamp, read: feed.reads });
+      }
     } catch (error) {
       this.#log.error("redis_bad_event", { room: feed.room, error: String(error) });
       return;

@@ -1,10 +1,13 @@
 /**
  * File bytes and long texts in the KV engine: split into chunks under the
- * 64 KiB value limit, at `["parley", room, "blob", blobId, index]`.
+ * 64 KiB value limit, at `["parley", room, "blob", blobId, index]`, and put
+ * back into the messages they belong to.
  *
  * @module
  */
 
+import type { StoredMessage } from "../../protocol.ts";
+import { isFile, type MessageRecord, toMessage } from "./_records.ts";
 import { key, type KvContext, write } from "./_store.ts";
 
 /** Bytes of content per chunk key: under the 64 KiB value limit, with room to spare. */
@@ -15,6 +18,11 @@ const CHUNKS_PER_WRITE = 10;
 const DELETES_PER_WRITE = 500;
 /** How long the bytes of a file too big for history stay, for live delivery only. */
 const TRANSIENT_MS = 10 * 60_000;
+
+/** Which file bytes {@linkcode Blobs.message} reads. */
+export type FileBytes = "none" | "kept" | "live";
+
+const decoder = new TextDecoder();
 
 /** Where the chunks of a file (or of a long text) are. */
 export interface BlobRef {
@@ -93,5 +101,23 @@ export class Blobs {
         this.#context.log.warn("kv_blob_delete_failed", { room, error: String(error) })
       );
     }
+  }
+
+  /**
+   * Rebuilds a message from its record and chunks, with the bytes of a file
+   * as `bytes` says: `"kept"` when part of history, `"live"` also those of a
+   * file too big for history while they last, `"none"` never.
+   */
+  async message(room: string, record: MessageRecord, bytes: FileBytes): Promise<StoredMessage> {
+    let text = record.text;
+    if (record.longText) {
+      const content = record.blob && await this.read(room, record.blob);
+      text = content ? decoder.decode(content) : "";
+    }
+    let data: Uint8Array | undefined;
+    if (isFile(record) && (bytes === "live" || (bytes === "kept" && record.kept))) {
+      data = record.blob ? await this.read(room, record.blob) : new Uint8Array(0);
+    }
+    return toMessage(room, record, text, data);
   }
 }

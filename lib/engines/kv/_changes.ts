@@ -10,15 +10,7 @@
  */
 
 import type { BlobRef, Blobs } from "./_blobs.ts";
-import {
-  edited,
-  type Head,
-  isText,
-  type MessageRecord,
-  ownBlob,
-  type Tail,
-  tombstone,
-} from "./_records.ts";
+import { edited, isText, type MessageRecord, ownBlob, type Tail, tombstone } from "./_records.ts";
 import { backoff, busy, commit, getAll, key, type KvContext, MAX_ATTEMPTS } from "./_store.ts";
 
 /**
@@ -27,15 +19,54 @@ import { backoff, busy, commit, getAll, key, type KvContext, MAX_ATTEMPTS } from
  */
 export const EDITS_PER_WRITE = 50;
 
+/**
+ * The records a plan reads: as stored, or as an atomic write being built
+ * will leave them (see `_group.ts`).
+ */
+export interface RecordView {
+  /** Message `id`'s record, or null when there is none. */
+  record(id: number): Promise<MessageRecord | null>;
+  /** The records of `ids`, in their order. */
+  records(ids: number[]): Promise<(MessageRecord | null)[]>;
+  /** Ids of the edit entries indexed under message `target`, in id order. */
+  edits(target: number): Promise<number[]>;
+}
+
+/** The records as the database holds them. */
+export function storedView(kv: Deno.Kv, room: string): RecordView {
+  return {
+    async record(id) {
+      return (await kv.get<MessageRecord>(key(room, "msg", id))).value;
+    },
+    async records(ids) {
+      const entries = await getAll<MessageRecord>(kv, ids.map((id) => key(room, "msg", id)));
+      return entries.map((entry) => entry.value);
+    },
+    async edits(target) {
+      const ids: number[] = [];
+      for await (const entry of kv.list({ prefix: key(room, "edits", target) })) {
+        ids.push(entry.key.at(-1) as number);
+      }
+      return ids;
+    },
+  };
+}
+
+/** An entry of the `"edits"` index: set when `kept`, else deleted. */
+export interface IndexEntry {
+  target: number;
+  edit: number;
+  kept: boolean;
+}
+
 /** The writes an edit or delete makes beyond its own entry, from one consistent read. */
 export interface Rewrite {
   /** Stored records, rewritten. */
   records: MessageRecord[];
   /** History bytes the rewrites take off. */
   freed: number;
-  /** Keys to set (to `true`) and to delete. */
-  sets: Deno.KvKey[];
-  deletes: Deno.KvKey[];
+  /** Entries of the edit index to set and to delete. */
+  index: IndexEntry[];
   /** Blobs nothing points at after the commit. */
   blobs: BlobRef[];
   /** Edit entries of a deleted message left for the writes after the first. */
@@ -43,7 +74,7 @@ export interface Rewrite {
 }
 
 function rewrite(): Rewrite {
-  return { records: [], freed: 0, sets: [], deletes: [], blobs: [], rest: [] };
+  return { records: [], freed: 0, index: [], blobs: [], rest: [] };
 }
 
 /** Adds the rewrite of `old` into `next` to `plan`. */
@@ -66,44 +97,39 @@ export class Changes {
 
   /**
    * What an edit or delete does to its target, if the target is an ordinary
-   * message still in history and not deleted. An edit is indexed under its
-   * target whatever the target is, so a later delete finds it.
+   * message still in history (from `oldest` to just before the change) and
+   * not deleted. An edit is indexed under its target whatever the target is,
+   * so a later delete finds it. `view` shows the records as the write that
+   * stores the change will find them.
    */
   async plan(
-    room: string,
     change: MessageRecord,
-    head: Head,
+    view: RecordView,
     oldest: number,
   ): Promise<Rewrite | undefined> {
     const id = change.target;
-    if (typeof id !== "number" || id < oldest || id > head.id) return;
-    const target = (await this.#context.kv.get<MessageRecord>(key(room, "msg", id))).value;
+    if (typeof id !== "number" || id < oldest || id >= change.id) return;
+    const target = await view.record(id);
     if (!target || target.deleted || target.kind !== undefined) return;
     const plan = rewrite();
     if (change.kind === "edit") {
-      plan.sets.push(key(room, "edits", id, change.id));
+      plan.index.push({ target: id, edit: change.id, kept: true });
       if (isText(target)) replace(plan, target, edited(target, change));
       return plan;
     }
     replace(plan, target, tombstone(target));
-    const edits: number[] = [];
-    for await (const entry of this.#context.kv.list({ prefix: key(room, "edits", id) })) {
-      edits.push(entry.key.at(-1) as number);
-    }
-    await this.#scrubInto(room, id, edits.slice(0, EDITS_PER_WRITE), plan);
+    const edits = await view.edits(id);
+    await this.#scrubInto(view, id, edits.slice(0, EDITS_PER_WRITE), plan);
     plan.rest = edits.slice(EDITS_PER_WRITE);
     return plan;
   }
 
   /** Adds tombstones of the edit entries `ids` of message `target` to `plan`. */
-  async #scrubInto(room: string, target: number, ids: number[], plan: Rewrite) {
-    const entries = await getAll<MessageRecord>(
-      this.#context.kv,
-      ids.map((id) => key(room, "msg", id)),
-    );
-    entries.forEach((entry, i) => {
-      plan.deletes.push(key(room, "edits", target, ids[i]));
-      if (entry.value && !entry.value.deleted) replace(plan, entry.value, tombstone(entry.value));
+  async #scrubInto(view: RecordView, target: number, ids: number[], plan: Rewrite) {
+    const records = await view.records(ids);
+    records.forEach((record, i) => {
+      plan.index.push({ target, edit: ids[i], kept: false });
+      if (record && !record.deleted) replace(plan, record, tombstone(record));
     });
   }
 
@@ -120,8 +146,10 @@ export class Changes {
     tailEntry: Deno.KvEntryMaybe<Tail>,
   ): Tail | null {
     for (const record of plan.records) op.set(key(room, "msg", record.id), record);
-    for (const set of plan.sets) op.set(set, true);
-    for (const gone of plan.deletes) op.delete(gone);
+    for (const { target, edit, kept } of plan.index) {
+      if (kept) op.set(key(room, "edits", target, edit), true);
+      else op.delete(key(room, "edits", target, edit));
+    }
     if (plan.records.length === 0) return tailEntry.value;
     const tail = {
       first: tailEntry.value?.first ?? 1,
@@ -150,7 +178,8 @@ export class Changes {
       for (let attempt = 1;; attempt++) {
         const tailEntry = await kv.get<Tail>(key(room, "tail"));
         const plan = rewrite();
-        await this.#scrubInto(room, target, ids.slice(start, start + EDITS_PER_WRITE), plan);
+        const view = storedView(kv, room);
+        await this.#scrubInto(view, target, ids.slice(start, start + EDITS_PER_WRITE), plan);
         const op = kv.atomic();
         this.add(room, op, plan, tailEntry);
         if (await commit(op)) {

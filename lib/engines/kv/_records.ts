@@ -68,8 +68,18 @@ export interface MessageRecord {
   edited?: number;
   /** A tombstone: what a delete left of the entry. */
   deleted?: boolean;
+  /**
+   * Its sender and cid were stored again, by a newer message, after it left
+   * history: trimming it leaves their dedup key alone.
+   */
+  dedupMoved?: boolean;
   /** What the entry counts against `historyBytes`, as the memory engine counts. */
   bytes: number;
+}
+
+/** Oldest id of history: what trimming left, and never more than `historySize`. */
+export function oldestKept(head: Head, tail: Tail | null, historySize: number): number {
+  return Math.max(tail?.first ?? 1, head.id - historySize + 1);
 }
 
 /** Whether the record is a file that still has its bytes somewhere. */

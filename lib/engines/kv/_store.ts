@@ -13,6 +13,12 @@ export const MAX_CHECKS = 10;
 export const MAX_GET_MANY = 10;
 /** Tries of one write against concurrent writers before giving up. */
 export const MAX_ATTEMPTS = 64;
+/** Mutations per atomic write. */
+export const MAX_MUTATIONS = 1000;
+/** Bytes of the keys and values of one atomic write's mutations. */
+export const MAX_MUTATION_BYTES = 800 * 1024;
+/** Bytes of the keys of one atomic write. */
+export const MAX_KEY_BYTES = 80 * 1024;
 
 /** What the parts of one engine share. */
 export interface KvContext {
@@ -79,16 +85,21 @@ export function busy(what: string, room: string): Error {
   );
 }
 
-/** Entries of `keys`, read ten at a time (the limit of one `getMany`). */
+/**
+ * Entries of `keys`, read ten at a time (the limit of one `getMany`): the
+ * first ten, then the others at once. Each ten are one consistent read, and
+ * no read of the others starts before the first ten are read.
+ */
 export async function getAll<T>(
   kv: Deno.Kv,
   keys: Deno.KvKey[],
 ): Promise<Deno.KvEntryMaybe<T>[]> {
-  const entries: Deno.KvEntryMaybe<T>[] = [];
-  for (let i = 0; i < keys.length; i += MAX_GET_MANY) {
-    entries.push(...await kv.getMany<T[]>(keys.slice(i, i + MAX_GET_MANY)));
+  const first = await kv.getMany<T[]>(keys.slice(0, MAX_GET_MANY));
+  const rest: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
+  for (let i = MAX_GET_MANY; i < keys.length; i += MAX_GET_MANY) {
+    rest.push(kv.getMany<T[]>(keys.slice(i, i + MAX_GET_MANY)));
   }
-  return entries;
+  return first.concat(...await Promise.all(rest));
 }
 
 /** Named queues: work queued under one name runs one at a time, in call order. */

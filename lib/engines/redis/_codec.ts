@@ -175,6 +175,48 @@ export function parseEvent(room: string, payload: Buffer): Incoming {
 }
 
 /**
+ * Parses a channel message that may carry several events: `N<first id>
+ * <epoch> <length>\n`, a JSON array of the headers of messages with
+ * consecutive ids that takes `length` bytes, then the bytes of each file
+ * among them, each as long as its header's `size` (see `APPEND_LUA`); any
+ * other payload is one event (see {@linkcode parseEvent}).
+ *
+ * @throws {SyntaxError} When the payload does not parse.
+ * @throws {TypeError} When an event has the wrong shape.
+ */
+export function parseEvents(room: string, payload: Buffer): Incoming[] {
+  if (payload[0] !== 0x4e /* N */) return [parseEvent(room, payload)];
+  const end = payload.indexOf(0x0a);
+  const [first, epoch, length] = decoder.decode(payload.subarray(1, Math.max(1, end))).split(" ");
+  const id = Number(first);
+  const json = Number(length);
+  if (end < 0 || !Number.isSafeInteger(id) || !Number.isSafeInteger(json) || !epoch) {
+    throw new SyntaxError("Cannot parse channel message: no first id, epoch and length");
+  }
+  let at = end + 1 + json;
+  const headers: unknown = JSON.parse(decoder.decode(payload.subarray(end + 1, at)));
+  if (!Array.isArray(headers)) {
+    throw new SyntaxError("Cannot parse channel message: the headers are not a list");
+  }
+  const events = headers.map((header: Header, i): Incoming => {
+    const m = message(room, epoch, id + i, header);
+    if (m.text === undefined && m.kind === undefined) {
+      const size = Number(header.size ?? 0);
+      if (!(size >= 0 && at + size <= payload.length)) {
+        throw new SyntaxError(`Cannot parse channel message: message ${m.id} lacks bytes`);
+      }
+      m.data = new Uint8Array(payload.subarray(at, at + size));
+      at += size;
+    }
+    return { event: { type: "message", message: m } };
+  });
+  if (at !== payload.length) {
+    throw new SyntaxError(`Cannot parse channel message: ${payload.length - at} bytes left over`);
+  }
+  return events;
+}
+
+/**
  * The `traits` a member's presence keeps besides its nick (see
  * `_scripts.ts`): JSON of `verified` and `bot`, or empty when it has neither.
  */

@@ -37,20 +37,37 @@ export interface Script {
 /** Bytes a tombstone counts for, as `sizeOf` of a message without text or bytes. */
 const TOMBSTONE_BYTES = 128;
 
+/** Arguments per entry of {@linkcode APPEND_LUA}. */
+export const APPEND_FIELDS = 3;
+
 /**
- * Appends one entry and applies it when it is an edit or delete. KEYS: meta,
- * log, dedup, patches, edits. ARGV: new epoch, dedup field (empty: none),
- * header JSON, file bytes, kind (`t`, `f`, `F`, `e`, `x`, see above), size for
- * the byte budget, history size, history bytes, channel, target id (edits and
- * deletes, else empty), edit patch JSON (edits, else empty). Returns `{"dup",
- * epoch, entry, patch}` or `{"new", epoch, id}`.
+ * Appends entries, in order, each as if appended alone: dedup (against what
+ * is stored and the entries before it), next id, trimming, and the effect
+ * of an edit or delete, which may target an entry appended just before it.
+ * Then publishes every new entry in one channel message. KEYS: meta, log,
+ * dedup, patches, edits. ARGV: new epoch, history size, history bytes,
+ * channel, then {@linkcode APPEND_FIELDS} per entry: `<kind> <size>
+ * <target>\n<patch>\n<field>` (kind `t`, `f`, `F`, `e` or `x`, see above;
+ * size for the byte budget; target id of an edit or delete, else empty; the
+ * patch JSON of an edit, else empty, never with a newline; the dedup field,
+ * else empty, last since it may hold anything), header JSON, file bytes.
+ * Returns `{epoch, first, dups}`: the id of the first new entry (empty when
+ * none; the others follow it, one by one), and for each duplicate its index
+ * among the entries (from 0), the entry stored earlier and that entry's
+ * patch. (A reply of many small arrays
+ * would cost the client more to read than the appends cost Redis.)
+ *
+ * One new entry is published as `M<id> <epoch>\n<header>\n<bytes>`; several
+ * as `N<first id> <epoch> <length>\n`, a JSON array of their headers that
+ * takes `length` bytes, then the bytes of each file among them, in order
+ * (each as long as its header's `size`): one parse for the whole batch.
  */
 export const APPEND_LUA = `
 local meta, log, dedup, patches, edits = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local TOMBSTONE = ${TOMBSTONE_BYTES}
 redis.call('HSETNX', meta, 'epoch', ARGV[1])
 local epoch = redis.call('HGET', meta, 'epoch')
-local field, kind = ARGV[2], ARGV[5]
+local maxLen, maxBytes, channel = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local function entry_at(sid)
   return redis.call('XRANGE', log, sid .. '-0', sid .. '-0')[1]
 end
@@ -64,89 +81,121 @@ local function size_of(sid, fields)
   end
   return 0
 end
-if field ~= '' then
-  local old = redis.call('HGET', dedup, field)
-  if old then
-    local found = entry_at(old)
-    if found then return {'dup', epoch, found, redis.call('HGET', patches, old) or ''} end
-    redis.call('HDEL', dedup, field)
-  end
-end
-local id = redis.call('HINCRBY', meta, 'seq', 1)
-local sid = string.format('%d', id)
-local entry = {'h', ARGV[3], 'sz', ARGV[6], 'm', kind}
-if field ~= '' then
-  entry[#entry + 1] = 'k'
-  entry[#entry + 1] = field
-  redis.call('HSET', dedup, field, sid)
-end
-if kind == 'f' then
-  entry[#entry + 1] = 'd'
-  entry[#entry + 1] = ARGV[4]
-end
-redis.call('XADD', log, sid .. '-0', unpack(entry))
-local bytes = redis.call('HINCRBY', meta, 'bytes', tonumber(ARGV[6]))
-local counted = bytes
-local len = redis.call('XLEN', log)
-local maxLen, maxBytes = tonumber(ARGV[7]), tonumber(ARGV[8])
-local cut = nil
-while len > maxLen or (bytes > maxBytes and len > 1) do
-  local start = '-'
-  if cut then start = string.format('%d', cut + 1) .. '-0' end
-  local oldest = redis.call('XRANGE', log, start, '+', 'COUNT', 1)[1]
-  local oid = string.match(oldest[1], '^%d+')
-  local fields = oldest[2]
-  bytes = bytes - size_of(oid, fields)
-  for i = 1, #fields, 2 do
-    if fields[i] == 'k' and redis.call('HGET', dedup, fields[i + 1]) == oid then
-      redis.call('HDEL', dedup, fields[i + 1])
+local function append(field, header, data, kind, size, target_id, patch)
+  if field ~= '' then
+    local old = redis.call('HGET', dedup, field)
+    if old then
+      local found = entry_at(old)
+      if found then return {'dup', found, redis.call('HGET', patches, old) or ''} end
+      redis.call('HDEL', dedup, field)
     end
   end
-  redis.call('HDEL', patches, oid)
-  redis.call('HDEL', edits, oid)
-  len = len - 1
-  cut = tonumber(oid)
-end
-if cut then
-  redis.call('XTRIM', log, 'MINID', string.format('%d', cut + 1) .. '-0')
-end
--- An edit or delete acts on its target while the target is in history.
-local target = nil
-if (kind == 'e' or kind == 'x') and ARGV[10] ~= '' then target = entry_at(ARGV[10]) end
-if target then
-  local tid, fields = ARGV[10], target[2]
-  local tkind, header = nil, nil
-  for i = 1, #fields, 2 do
-    if fields[i] == 'm' then tkind = fields[i + 1] elseif fields[i] == 'h' then header = fields[i + 1] end
+  local id = redis.call('HINCRBY', meta, 'seq', 1)
+  local sid = string.format('%d', id)
+  local entry = {'h', header, 'sz', size, 'm', kind}
+  if field ~= '' then
+    entry[#entry + 1] = 'k'
+    entry[#entry + 1] = field
+    redis.call('HSET', dedup, field, sid)
   end
-  if not tkind then
-    if cjson.decode(header).text then tkind = 't' else tkind = 'F' end
+  if kind == 'f' then
+    entry[#entry + 1] = 'd'
+    entry[#entry + 1] = data
   end
-  -- Edits and deletes of edits and deletes, and anything on a tombstone, do nothing.
-  if tkind ~= 'e' and tkind ~= 'x' and redis.call('HGET', patches, tid) ~= 'D' then
-    if kind == 'e' then
-      redis.call('HSET', edits, tid, (redis.call('HGET', edits, tid) or '') .. sid .. ' ')
-      if tkind == 't' then
-        bytes = bytes - size_of(tid, fields) + tonumber(ARGV[6])
-        redis.call('HSET', patches, tid, 'E' .. ARGV[6] .. ' ' .. ARGV[11])
+  redis.call('XADD', log, sid .. '-0', unpack(entry))
+  local bytes = redis.call('HINCRBY', meta, 'bytes', tonumber(size))
+  local counted = bytes
+  local len = redis.call('XLEN', log)
+  local cut = nil
+  while len > maxLen or (bytes > maxBytes and len > 1) do
+    local start = '-'
+    if cut then start = string.format('%d', cut + 1) .. '-0' end
+    local oldest = redis.call('XRANGE', log, start, '+', 'COUNT', 1)[1]
+    local oid = string.match(oldest[1], '^%d+')
+    local fields = oldest[2]
+    bytes = bytes - size_of(oid, fields)
+    for i = 1, #fields, 2 do
+      if fields[i] == 'k' and redis.call('HGET', dedup, fields[i + 1]) == oid then
+        redis.call('HDEL', dedup, fields[i + 1])
       end
-    else
-      bytes = bytes - size_of(tid, fields) + TOMBSTONE
-      redis.call('HSET', patches, tid, 'D')
-      for eid in string.gmatch(redis.call('HGET', edits, tid) or '', '%d+') do
-        local edit = entry_at(eid)
-        if edit and redis.call('HGET', patches, eid) ~= 'D' then
-          bytes = bytes - size_of(eid, edit[2]) + TOMBSTONE
-          redis.call('HSET', patches, eid, 'D')
+    end
+    redis.call('HDEL', patches, oid)
+    redis.call('HDEL', edits, oid)
+    len = len - 1
+    cut = tonumber(oid)
+  end
+  if cut then
+    redis.call('XTRIM', log, 'MINID', string.format('%d', cut + 1) .. '-0')
+  end
+  -- An edit or delete acts on its target while the target is in history.
+  local target = nil
+  if (kind == 'e' or kind == 'x') and target_id ~= '' then target = entry_at(target_id) end
+  if target then
+    local tid, fields = target_id, target[2]
+    local tkind, theader = nil, nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'm' then tkind = fields[i + 1] elseif fields[i] == 'h' then theader = fields[i + 1] end
+    end
+    if not tkind then
+      if cjson.decode(theader).text then tkind = 't' else tkind = 'F' end
+    end
+    -- Edits and deletes of edits and deletes, and anything on a tombstone, do nothing.
+    if tkind ~= 'e' and tkind ~= 'x' and redis.call('HGET', patches, tid) ~= 'D' then
+      if kind == 'e' then
+        redis.call('HSET', edits, tid, (redis.call('HGET', edits, tid) or '') .. sid .. ' ')
+        if tkind == 't' then
+          bytes = bytes - size_of(tid, fields) + tonumber(size)
+          redis.call('HSET', patches, tid, 'E' .. size .. ' ' .. patch)
         end
+      else
+        bytes = bytes - size_of(tid, fields) + TOMBSTONE
+        redis.call('HSET', patches, tid, 'D')
+        for eid in string.gmatch(redis.call('HGET', edits, tid) or '', '%d+') do
+          local edit = entry_at(eid)
+          if edit and redis.call('HGET', patches, eid) ~= 'D' then
+            bytes = bytes - size_of(eid, edit[2]) + TOMBSTONE
+            redis.call('HSET', patches, eid, 'D')
+          end
+        end
+        redis.call('HDEL', edits, tid)
       end
-      redis.call('HDEL', edits, tid)
     end
   end
+  if bytes ~= counted then redis.call('HSET', meta, 'bytes', bytes) end
+  return {'new', sid}
 end
-if bytes ~= counted then redis.call('HSET', meta, 'bytes', bytes) end
-redis.call('PUBLISH', ARGV[9], 'M' .. sid .. ' ' .. epoch .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4])
-return {'new', epoch, sid}
+-- A short reply: new ids are consecutive, so the first says them all.
+local first, dups, stored = '', {}, {}
+for i = 5, #ARGV, ${APPEND_FIELDS} do
+  local header, data = ARGV[i + 1], ARGV[i + 2]
+  local kind, size, target, rest = string.match(ARGV[i], '^(%a) (%d+) (%d*)\\n(.*)$')
+  local newline = string.find(rest, '\\n', 1, true)
+  local patch, field = string.sub(rest, 1, newline - 1), string.sub(rest, newline + 1)
+  local reply = append(field, header, data, kind, size, target, patch)
+  if reply[1] == 'new' then
+    if first == '' then first = reply[2] end
+    stored[#stored + 1] = {reply[2], header, data}
+  else
+    dups[#dups + 1] = string.format('%d', (i - 5) / ${APPEND_FIELDS})
+    dups[#dups + 1] = reply[2]
+    dups[#dups + 1] = reply[3]
+  end
+end
+if #stored == 1 then
+  local one = stored[1]
+  local head = 'M' .. one[1] .. ' ' .. epoch .. '\\n'
+  redis.call('PUBLISH', channel, head .. one[2] .. '\\n' .. one[3])
+elseif #stored > 1 then
+  local headers, bytes = {}, {}
+  for i, one in ipairs(stored) do
+    headers[i] = one[2]
+    bytes[i] = one[3]
+  end
+  local json = '[' .. table.concat(headers, ',') .. ']'
+  local head = 'N' .. first .. ' ' .. epoch .. ' ' .. #json .. '\\n'
+  redis.call('PUBLISH', channel, head .. json .. table.concat(bytes))
+end
+return {epoch, first, dups}
 `;
 
 /** Lua: the patches of `entries`, `''` for none, in their order. Needs `patches`. */
