@@ -556,7 +556,7 @@ export class Connection {
       return;
     }
     const id = this.member!.id;
-    checkNickFree(engine, this.info.room, nick, id)
+    checkNickFree(engine, this.info.room, nick, id, this.hub.membersOf(this.info.room))
       .then(() => engine.rename(this.info.room, id, nick))
       .catch((error) => {
         if (!(error instanceof ProtocolError)) return this.#failed("rename", error);
@@ -722,7 +722,14 @@ export class Connection {
     this.#inbox = [];
     let admission;
     try {
-      admission = await admit({ engine, room, hello, verifier, urlToken: this.info.token });
+      admission = await admit({
+        engine,
+        room,
+        hello,
+        verifier,
+        urlToken: this.info.token,
+        members: this.hub.membersOf(room),
+      });
     } catch (error) {
       if (this.closed || !(error instanceof ProtocolError)) throw error;
       this.#refused(error);
@@ -739,9 +746,14 @@ export class Connection {
     this.#backlog = [];
     await this.hub.add(this);
     if (this.closed) return;
-    const members = await engine.join(room, this.id, this.member, this.hub.presenceTtlMs);
+    // A room this instance already follows needs no list from the engine.
+    const following = this.hub.membersOf(room) !== undefined;
+    const list = await engine.join(room, this.id, this.member, this.hub.presenceTtlMs, !following);
     if (this.closed) return;
-    this.hub.seedMembers(room, members);
+    this.hub.seedMembers(room, list);
+    const members = this.hub.membersOf(room)!;
+    // Its own join may still be on its way from the engine (redis, kv).
+    if (!members.has(id)) members.add(this.member);
     // Presence events so far are already in `members`.
     this.#backlog = this.#backlog.filter((e) => e.type === "message");
     const last = hello.last === null ? undefined : hello.last ?? this.info.last;
@@ -758,8 +770,8 @@ export class Connection {
       epoch: result.epoch,
       head: result.head,
       you: this.member,
-      members: members.length > WELCOME_MEMBERS ? members.slice(0, WELCOME_MEMBERS) : members,
-      count: members.length,
+      members: members.first(WELCOME_MEMBERS),
+      count: members.size,
       recovered: result.recovered,
       replay: result.messages.length,
       limits: this.#limits(),

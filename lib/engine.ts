@@ -136,9 +136,17 @@ export interface Engine {
    * when the member had no live entry. Entries not refreshed within `ttlMs`
    * expire (and publish `leave` when it was the member's last).
    *
+   * @param list False when the caller already follows the room's members:
+   *   the engine may then skip building the list and resolve an empty one.
    * @returns The members of the room after the change.
    */
-  join(room: string, conn: string, member: Member, ttlMs: number): Promise<Member[]>;
+  join(
+    room: string,
+    conn: string,
+    member: Member,
+    ttlMs: number,
+    list?: boolean,
+  ): Promise<Member[]>;
   /**
    * Keeps one connection's presence entry alive for another `ttlMs`, in
    * constant time whatever the room's size. Re-adds it (and publishes `join`)

@@ -13,6 +13,7 @@ import { Connection } from "./connection.ts";
 import type { Engine, Signal } from "./engine.ts";
 import { authorizeChange } from "./lifecycle.ts";
 import { type Logger, silentLogger } from "./log.ts";
+import type { MemberIndex } from "./members.ts";
 import { Metrics } from "./metrics.ts";
 import { CloseCode, type Member, type Position, type StoredMessage } from "./protocol.ts";
 import { Room, SLOW_CONSUMER } from "./room.ts";
@@ -304,6 +305,12 @@ export class Hub {
   /** The members of a room as an instance's join returned them, before any event. */
   seedMembers(room: string, members: readonly Member[]): void {
     this.#rooms.get(room)?.seed(members);
+  }
+
+  /** The members of a room this instance follows, once seeded; else undefined. */
+  membersOf(room: string): MemberIndex | undefined {
+    const known = this.#rooms.get(room);
+    return known?.seeded ? known.members : undefined;
   }
 
   /** Takes a connection out of its room at once; drops the room when empty. */

@@ -6,14 +6,23 @@
  * @module
  */
 
-import { PendingBatch } from "./batch.ts";
+import { type BatchEvent, type BatchFrame, batchFrame, PendingBatch } from "./batch.ts";
 import { type Connection, Outgoing, TYPING_TTL_MS } from "./connection.ts";
 import type { EngineEvent, Unsubscribe } from "./engine.ts";
 import type { HubOptions } from "./hub.ts";
 import type { Logger } from "./log.ts";
+import { MemberIndex } from "./members.ts";
 import type { Metrics } from "./metrics.ts";
 import { LARGE_ROOM_TICK_MS, PRESENCE_TICK_MS, PresenceChanges } from "./presence.ts";
-import { CloseCode, encode } from "./protocol.ts";
+import { CloseCode, encode, type Member } from "./protocol.ts";
+
+/** About how many bytes of events a lagging batch peer is sent in one frame. */
+const CATCH_UP_BYTES = 64 * 1024;
+
+/** Whether an event is a presence change (batch peers learn those by tick). */
+function isPresence(event: EngineEvent): boolean {
+  return event.type === "join" || event.type === "leave" || event.type === "rename";
+}
 
 /** Close code for a peer that does not read fast enough. */
 export const SLOW_CONSUMER = CloseCode.slowConsumer;
@@ -65,7 +74,7 @@ export class Room {
   batch: PendingBatch;
   /** Presence changes waiting for the next tick, and the members known here. */
   readonly presence = new PresenceChanges();
-  readonly members = new Set<string>();
+  readonly members = new MemberIndex();
   seeded = false;
   /** Peers that asked for batches (and coalesced presence). */
   batchPeers = 0;
@@ -112,6 +121,16 @@ export class Room {
     const presence = event.type === "join" || event.type === "leave" || event.type === "rename";
     if (presence) this.#notePresence(event);
     const large = this.members.size > (this.#context.options.largeRoom ?? 1000);
+    if (
+      presence && event.type !== "rename" && (large || this.batchPeers === this.peers.size) &&
+      this.lagging.size === 0
+    ) {
+      // No peer takes this join or leave on its own: the tick's presence
+      // envelope says it. Skipping the walk keeps a join O(1) in a big room.
+      this.entries.length = 0;
+      this.head = 0;
+      return;
+    }
     let batched = false;
     for (const peer of this.peers) {
       if (peer.lagging) continue;
@@ -133,16 +152,7 @@ export class Room {
       if (presence && large && event.type !== "rename") continue;
       this.#deliver(peer, event, out);
     }
-    if (batched) {
-      const m = out?.message;
-      this.batch.push({
-        seq,
-        json: batchJson(event, out),
-        data: m?.data && m.kind === undefined ? m.data : undefined,
-        id: m?.id,
-        epoch: m?.epoch,
-      });
-    }
+    if (batched) this.batch.push(batchEventOf(seq, event, out));
     if (this.lagging.size === 0) {
       this.entries.length = 0;
       this.head = 0;
@@ -173,21 +183,22 @@ export class Room {
   }
 
   /** The members as an instance's join returned them, before any event. */
-  seed(members: readonly { id: string }[]): void {
+  seed(members: readonly Member[]): void {
     if (this.seeded) return;
     this.seeded = true;
-    for (const member of members) this.members.add(member.id);
+    for (const member of members) this.members.add(member);
   }
 
   /** Notes a presence change for the room's next tick. */
   #notePresence(event: Extract<EngineEvent, { type: "join" | "leave" | "rename" }>) {
     if (event.type === "join") {
-      this.members.add(event.member.id);
+      this.members.add(event.member);
       this.presence.join(event.member);
     } else if (event.type === "leave") {
       this.members.delete(event.member.id);
       this.presence.leave(event.member);
     } else if (event.type === "rename") {
+      if (this.members.has(event.member.id)) this.members.add(event.member);
       this.presence.rename(event.member, event.old);
     }
     if (this.presenceTimer !== undefined) return;
@@ -249,10 +260,18 @@ export class Room {
     const max = this.#context.options.maxBufferedBytes;
     const now = performance.now();
     const first = this.entries[this.head];
+    /** Catch-up frames of batch peers by first index: peers at one place share one. */
+    const chunks = new Map<number, { frame: BatchFrame; end: number }>();
     for (const peer of this.lagging) {
       let index = this.head + (peer.cursor + 1 - first.seq);
       if (peer.queueWithin(low)) peer.progressAt = now;
       while (index < this.entries.length && peer.queueWithin(low, false) && !peer.closed) {
+        if (peer.batched) {
+          // Events before it fell behind are in the pending batch: those first.
+          if (peer.batchFrom !== 0) break;
+          index = this.#catchUpBatch(peer, index, chunks);
+          continue;
+        }
         const entry = this.entries[index++];
         peer.cursor = entry.seq;
         this.#deliver(peer, entry.event, entry.out);
@@ -292,6 +311,57 @@ export class Room {
       this.timer = undefined;
     }
   }
+
+  /**
+   * Sends a lagging batch peer the buffered events from `index` in one batch
+   * frame of about {@linkcode CATCH_UP_BYTES}, shared with every other peer
+   * that is at the same place, instead of one frame per event.
+   *
+   * @returns The index after the last event sent.
+   */
+  #catchUpBatch(
+    peer: Connection,
+    index: number,
+    chunks: Map<number, { frame: BatchFrame; end: number }>,
+  ): number {
+    let chunk = chunks.get(index);
+    if (!chunk) {
+      const events: BatchEvent[] = [];
+      const start = this.entries[index].before;
+      let end = index;
+      while (end < this.entries.length && this.entries[end].before - start < CATCH_UP_BYTES) {
+        const entry = this.entries[end++];
+        if (!isPresence(entry.event)) events.push(batchEventOf(entry.seq, entry.event, entry.out));
+      }
+      chunk = { frame: batchFrame(events), end };
+      chunks.set(index, chunk);
+    }
+    // What each event means for the peer itself (a kick of it closes it).
+    for (let i = index; i < chunk.end; i++) {
+      if (!peer.prepare(this.entries[i].event)) return chunk.end;
+    }
+    peer.cursor = this.entries[chunk.end - 1].seq;
+    if (chunk.frame.events === 0) return chunk.end;
+    try {
+      peer.sendBatch(chunk.frame);
+    } catch (error) {
+      this.#context.log.error("deliver_failed", { conn: peer.id, error: String(error) });
+      peer.close(CloseCode.internal, "internal error");
+    }
+    return chunk.end;
+  }
+}
+
+/** An event as the batch frames of batch peers carry it. */
+function batchEventOf(seq: number, event: EngineEvent, out?: Outgoing): BatchEvent {
+  const m = out?.message;
+  return {
+    seq,
+    json: batchJson(event, out),
+    data: m?.data && m.kind === undefined ? m.data : undefined,
+    id: m?.id,
+    epoch: m?.epoch,
+  };
 }
 
 /** The envelope of an event for batch peers. */

@@ -132,6 +132,37 @@ Deno.test("hub batches a burst for batch clients, in order, none lost, with file
   rawConn.close();
 });
 
+Deno.test("a batch client that falls behind catches up in batch frames, in order, none lost or doubled", async () => {
+  const hub = makeHub({ lowWatermark: 200, maxBufferedBytes: 1 << 20 });
+  const slow = await member(hub, "slow", true);
+  const fast = await member(hub, "fast", true);
+  const writer = await member(hub, "writer", false);
+  await new Promise((resolve) => setTimeout(resolve, 150)); // the join's presence tick
+  const before = slow.socket.sent.length;
+  slow.socket.stalled = true;
+  for (let i = 0; i < 200; i++) {
+    writer.conn.receive(JSON.stringify({ type: "message", cid: `c${i}`, text: `m${i}` }));
+    if (i % 50 === 49) await settle(); // a few turns of the event loop, as frames come
+  }
+  writer.conn.receive(JSON.stringify({ type: "file", cid: "f", name: "f", mime: "a/b", size: 2 }));
+  writer.conn.receive(new Uint8Array([9, 9]));
+  await until(() => events(fast.socket).some((e) => e.type === "file"), "the fast peer's file");
+  slow.socket.drain();
+  const want = [...Array.from({ length: 200 }, (_, i) => `m${i}`), "f"];
+  const seen = (socket: FakeSocket) =>
+    events(socket).filter((e) => e.type === "message" || e.type === "file").map((e) =>
+      e.type === "file" ? "f" : e.text
+    );
+  await until(() => seen(slow.socket).length >= want.length, "the catch-up");
+  await settle();
+  assert.deepEqual(seen(slow.socket), want);
+  assert.deepEqual(seen(fast.socket), want);
+  const frames = slow.socket.sent.slice(before);
+  assert.ok(frames.length < 50, `${frames.length} frames for 201 events: caught up in batches`);
+  assert.deepEqual([...(frames.at(-1) as Uint8Array)], [9, 9], "the bytes follow their batch");
+  for (const c of [slow, fast, writer]) c.conn.close();
+});
+
 Deno.test("hub coalesces presence for batch clients into one envelope per tick", async () => {
   const hub = makeHub();
   const reader = await member(hub, "reader", true);

@@ -294,14 +294,21 @@ export class MemoryEngine implements Engine {
     return undefined;
   }
 
-  join(name: string, conn: string, member: Member, ttlMs: number): Promise<Member[]> {
+  join(
+    name: string,
+    conn: string,
+    member: Member,
+    ttlMs: number,
+    list = true,
+  ): Promise<Member[]> {
     const room = this.#room(name);
     const known = this.#put(room, conn, member, ttlMs);
+    const members = () => list ? this.#members(room) : [];
     // A new tab under another nick renames the member everywhere.
     if (known && known.nick !== member.nick) {
-      return this.rename(name, member.id, member.nick).then(() => this.#members(room));
+      return this.rename(name, member.id, member.nick).then(members);
     }
-    return Promise.resolve(this.#members(room));
+    return Promise.resolve(members());
   }
 
   refresh(name: string, conn: string, member: Member, ttlMs: number): Promise<void> {
