@@ -54,6 +54,12 @@ export interface Config {
   kvPath?: string;
   /** Redis server (`REDIS_URL`), for the redis engine. */
   redisUrl: string;
+  /**
+   * Put before every Redis key and pub/sub channel (`REDIS_PREFIX`, default
+   * `parley:`): deployments sharing one Redis stay apart by prefix, since
+   * pub/sub ignores the database number of `REDIS_URL`.
+   */
+  redisPrefix: string;
   /** Log level (`LOG_LEVEL`): debug, info, warn, error or silent. */
   logLevel: LogLevel;
   /**
@@ -112,7 +118,13 @@ export const LOG_LEVELS = ["debug", "info", "warn", "error", "silent"] as const;
 /** One of {@linkcode LOG_LEVELS}. */
 export type LogLevel = typeof LOG_LEVELS[number];
 
-/** The defaults, used for every variable that is unset or empty. */
+/** Longest `REDIS_PREFIX`, in characters. */
+export const MAX_REDIS_PREFIX_LENGTH = 64;
+
+/**
+ * The defaults, used for every variable that is unset or empty (except
+ * `REDIS_PREFIX`: see {@linkcode loadConfig}).
+ */
 export const DEFAULT_CONFIG: Readonly<Config> = {
   port: 8000,
   hostname: "0.0.0.0",
@@ -132,6 +144,7 @@ export const DEFAULT_CONFIG: Readonly<Config> = {
   rateBurst: 30,
   engine: "memory",
   redisUrl: "redis://127.0.0.1:6379",
+  redisPrefix: "parley:",
   logLevel: "info",
   presenceTtl: 60,
   presenceRefresh: 20,
@@ -162,6 +175,7 @@ export const ENV_VARS = [
   "ENGINE",
   "KV_PATH",
   "REDIS_URL",
+  "REDIS_PREFIX",
   "LOG_LEVEL",
   "PRESENCE_TTL",
   "PRESENCE_REFRESH",
@@ -313,6 +327,31 @@ function list(env: EnvReader, name: string, check: (item: string) => boolean, wh
   return items;
 }
 
+/**
+ * Reads `REDIS_PREFIX`. Unlike other variables, set but empty is an error,
+ * not the default: a deployment that meant "no prefix" would otherwise
+ * share every room with the deployments on the default one. White space
+ * (a stray character from a template) and `{`/`}` (Redis Cluster's hash-tag
+ * characters, which would move every room to one slot or break the tag)
+ * are refused too.
+ */
+function prefix(env: EnvReader, fallback: string): string {
+  const raw = env("REDIS_PREFIX");
+  if (raw === undefined) return fallback;
+  if (
+    raw.length === 0 || raw.length > MAX_REDIS_PREFIX_LENGTH || !/^[\x21-\x7e]+$/.test(raw) ||
+    /[{}]/.test(raw)
+  ) {
+    throw new ConfigError(
+      "REDIS_PREFIX",
+      raw,
+      `1 to ${MAX_REDIS_PREFIX_LENGTH} visible ASCII characters without white space, { or }, ` +
+        `such as ${fallback} or staging: (unset it for the default ${fallback})`,
+    );
+  }
+  return raw;
+}
+
 const isOrigin = (item: string) => {
   if (item === "*") return true;
   try {
@@ -354,6 +393,7 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
   if (!/^rediss?:\/\/[^\s]+$/.test(redisUrl)) {
     throw new ConfigError("REDIS_URL", redisUrl, "a URL such as redis://127.0.0.1:6379");
   }
+  const redisPrefix = prefix(env, d.redisPrefix);
   const historySize = integer(env, "HISTORY_SIZE", d.historySize, 1, 1_000_000);
   const presenceTtl = integer(env, "PRESENCE_TTL", d.presenceTtl, 2, 86400, "seconds");
   // Unset, the refresh stays under a shorter TTL: a third of it, so that a
@@ -407,6 +447,7 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     engine,
     kvPath: env("KV_PATH")?.trim() || undefined,
     redisUrl,
+    redisPrefix,
     logLevel,
     presenceTtl,
     presenceRefresh,

@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { Metrics } from "./metrics.ts";
 import type { Member, Position, StoredMessage } from "./protocol.ts";
 
 /** A message to store: everything but what the engine assigns. */
@@ -171,4 +172,11 @@ export interface Engine {
   ready(): Promise<boolean>;
   /** Flushes what must be kept and releases resources. */
   close(): Promise<void>;
+  /**
+   * The engine's own metrics (up, reconnects, feed gaps, append latency,
+   * presence sweeps, batch sizes; see `engines/_metrics.ts`), without room
+   * labels. The hub's `/metrics` includes them. Optional: an engine without
+   * any reports nothing.
+   */
+  readonly metrics?: Metrics;
 }

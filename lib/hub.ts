@@ -11,6 +11,7 @@
 import type { Verifier } from "./admission.ts";
 import { Connection } from "./connection.ts";
 import type { Engine, Signal } from "./engine.ts";
+import { drainSpread } from "./drain.ts";
 import { authorizeChange } from "./lifecycle.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import type { MemberIndex } from "./members.ts";
@@ -326,6 +327,17 @@ export class Hub {
     }
   }
 
+  /**
+   * Closes every open connection with 1012 (service restart), in slices
+   * spread evenly over `spreadMs`, so their clients reconnect elsewhere as a
+   * trickle. The handler refuses new ones meanwhile (`accepting`).
+   *
+   * @returns Resolves once the last slice is closed.
+   */
+  drain(spreadMs: number): Promise<void> {
+    return drainSpread([...this.#connections], { spreadMs });
+  }
+
   /** Closes every connection (1001 by default) and stops the presence timer. */
   close(code: number = CloseCode.goingAway, reason = "server shutting down"): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
@@ -380,5 +392,6 @@ export function createMetrics(hub: Hub): Metrics {
     .counter("parley_rate_limited_total", "Frames dropped by the rate limit.")
     .counter("parley_protocol_errors_total", "Error envelopes sent, by code.")
     .counter("parley_resumes_total", "Rich joins by resume outcome.")
-    .counter("parley_rejected_total", "Upgrades refused before the handshake, by reason.");
+    .counter("parley_rejected_total", "Upgrades refused before the handshake, by reason.")
+    .include(hub.options.engine.metrics);
 }

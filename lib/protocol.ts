@@ -19,6 +19,8 @@ export const CloseCode = {
   policy: 1008,
   tooBig: 1009,
   internal: 1011,
+  /** The instance is restarting (a drain): reconnect after a short, random wait. */
+  serviceRestart: 1012,
   tryAgainLater: 1013,
   /** A peer that fell too far behind its room (it resumes from its last id). */
   slowConsumer: 4001,

@@ -5,6 +5,7 @@ import {
   ENV_VARS,
   listenError,
   loadConfig,
+  MAX_REDIS_PREFIX_LENGTH,
   startupFailure,
 } from "../lib/config.ts";
 
@@ -48,6 +49,7 @@ Deno.test("config: reads every variable", () => {
     ENGINE: "Redis",
     KV_PATH: "data/parley.kv",
     REDIS_URL: "redis://10.1.2.3:6380/2",
+    REDIS_PREFIX: "staging:",
     LOG_LEVEL: "WARN",
     PRESENCE_TTL: "90",
     PRESENCE_REFRESH: "30",
@@ -78,6 +80,7 @@ Deno.test("config: reads every variable", () => {
     engine: "redis",
     kvPath: "data/parley.kv",
     redisUrl: "redis://10.1.2.3:6380/2",
+    redisPrefix: "staging:",
     logLevel: "warn",
     presenceTtl: 90,
     presenceRefresh: 30,
@@ -210,6 +213,14 @@ Deno.test("config: empty values mean the default", () => {
   assert.equal(loadConfig(env({ PORT: "", LOG_LEVEL: " " })).port, 8000);
 });
 
+Deno.test("config: REDIS_PREFIX is parley: when unset, and taken as it is when valid", () => {
+  assert.equal(DEFAULT_CONFIG.redisPrefix, "parley:");
+  assert.equal(loadConfig(env({})).redisPrefix, "parley:");
+  for (const prefix of ["a:", "b", "team/chat:", "x".repeat(MAX_REDIS_PREFIX_LENGTH), "p@1-_.|"]) {
+    assert.equal(loadConfig(env({ REDIS_PREFIX: prefix })).redisPrefix, prefix);
+  }
+});
+
 const bad: [Record<string, string>, string, RegExp][] = [
   [{ PORT: "abc" }, "PORT", /^PORT="abc": expected an integer port from 0 to 65535$/],
   [{ PORT: "65536" }, "PORT", /65535/],
@@ -230,6 +241,20 @@ const bad: [Record<string, string>, string, RegExp][] = [
   [{ RATE_LIMIT: "fast" }, "RATE_LIMIT", /messages per second/],
   [{ ENGINE: "mongo" }, "ENGINE", /one of memory, kv, redis/],
   [{ REDIS_URL: "localhost:6379" }, "REDIS_URL", /redis:\/\//],
+  // Set but empty is refused (not the default): it would share the default deployment's rooms.
+  [
+    { REDIS_PREFIX: "" },
+    "REDIS_PREFIX",
+    /^REDIS_PREFIX="": expected 1 to 64 visible ASCII characters without white space, \{ or \}, such as parley: or staging: \(unset it for the default parley:\)$/,
+  ],
+  [{ REDIS_PREFIX: " " }, "REDIS_PREFIX", /^REDIS_PREFIX=" ": expected 1 to 64/],
+  [{ REDIS_PREFIX: "a :" }, "REDIS_PREFIX", /without white space/],
+  [{ REDIS_PREFIX: "a:\t" }, "REDIS_PREFIX", /REDIS_PREFIX="a:\\t"/],
+  [{ REDIS_PREFIX: "{a}:" }, "REDIS_PREFIX", /\{ or \}/],
+  [{ REDIS_PREFIX: "a{" }, "REDIS_PREFIX", /\{ or \}/],
+  [{ REDIS_PREFIX: "a}" }, "REDIS_PREFIX", /\{ or \}/],
+  [{ REDIS_PREFIX: "chat\u00e9:" }, "REDIS_PREFIX", /visible ASCII/],
+  [{ REDIS_PREFIX: "x".repeat(65) }, "REDIS_PREFIX", /1 to 64/],
   [{ LOG_LEVEL: "loud" }, "LOG_LEVEL", /one of debug, info, warn, error, silent/],
   [{ PRESENCE_TTL: "0" }, "PRESENCE_TTL", /^PRESENCE_TTL="0": expected seconds from 2 to 86400$/],
   [{ PRESENCE_TTL: "1.5" }, "PRESENCE_TTL", /PRESENCE_TTL="1.5"/],

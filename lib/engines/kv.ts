@@ -108,7 +108,9 @@ import type {
   Unsubscribe,
 } from "../engine.ts";
 import { type Logger, silentLogger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
 import type { Member, Position, StoredMessage } from "../protocol.ts";
+import { EngineMetrics } from "./_metrics.ts";
 import { checkBanEnd, parseSignal } from "./_shapes.ts";
 import { MessageLog } from "./kv/_messages.ts";
 import { type LogHead, Presence, type PresenceEvent } from "./kv/_presence.ts";
@@ -177,6 +179,8 @@ interface Subscription {
   abort: AbortController;
   /** Catch-ups run one at a time, in the order asked. */
   chain: Promise<void>;
+  /** The watch was lost and made again: its first catch-up fills a gap. */
+  refill: boolean;
   /** Settles when the watch loop and every catch-up are over. */
   finished: Promise<void>;
 }
@@ -211,6 +215,7 @@ export class KvEngine implements Engine {
   /** Subscriptions not finished yet, stopped or not. */
   #subscriptions = new Set<Subscription>();
   #closed = false;
+  #stats = new EngineMetrics("kv", () => !this.#closed);
 
   /**
    * Opens the database at `options.kvPath`, or Deno's default one.
@@ -243,13 +248,22 @@ export class KvEngine implements Engine {
     this.#kv = kv;
     this.#log = options.logger ?? silentLogger;
     this.#now = options.now ?? Date.now;
-    const context: KvContext = { kv, now: this.#now, log: this.#log };
+    const context: KvContext = { kv, now: this.#now, log: this.#log, metrics: this.#stats };
     this.#messages = new MessageLog(context, options);
     this.#presence = new Presence(
       context,
       (room, to) => this.#deliverLocally(room, to),
       (work) => this.#background(work),
     );
+  }
+
+  /**
+   * Up until closed; append latency, batch sizes (appends per atomic write of
+   * a room), presence sweeps, and watches lost and the messages read to fill
+   * their gap.
+   */
+  get metrics(): Metrics {
+    return this.#stats.registry;
   }
 
   /** Runs a public call, so that `close()` can wait for it. */
@@ -288,11 +302,15 @@ export class KvEngine implements Engine {
    * messages its write stored, without reading them back.
    */
   append(room: string, draft: MessageDraft): Promise<AppendResult> {
-    return this.#track(async () => {
-      const { message, duplicate, stored } = await this.#messages.append(room, draft);
-      if (!duplicate) await this.#deliverLocally(room, { id: message.id }, stored);
-      return { message, duplicate };
-    });
+    const start = performance.now();
+    return this.#stats.timeAppend(
+      start,
+      this.#track(async () => {
+        const { message, duplicate, stored } = await this.#messages.append(room, draft);
+        if (!duplicate) await this.#deliverLocally(room, { id: message.id }, stored);
+        return { message, duplicate };
+      }),
+    );
   }
 
   read(room: string, after: Position | undefined, limit: number): Promise<ReadResult> {
@@ -386,6 +404,7 @@ export class KvEngine implements Engine {
       stopped: false,
       abort: new AbortController(),
       chain: Promise.resolve(),
+      refill: false,
       finished: Promise.resolve(),
     };
     let subs = this.#rooms.get(room);
@@ -422,10 +441,14 @@ export class KvEngine implements Engine {
         if (sub.stopped) return;
         // The first emission of the new watch makes the catch-up fill the gap.
         sub.reader = this.#watch(sub.room);
+        sub.refill = true;
+        this.#stats.feedGap();
         continue;
       }
       failures = 0;
-      await this.#catchUp(sub, cursor(next.value));
+      const refill = sub.refill;
+      sub.refill = false;
+      await this.#catchUp(sub, cursor(next.value), undefined, refill);
     }
   }
 
@@ -434,14 +457,25 @@ export class KvEngine implements Engine {
    * messages with consecutive ids this engine just stored, which need not
    * be read back.
    */
-  #catchUp(sub: Subscription, to: Partial<Cursor>, known?: StoredMessage[]): Promise<void> {
-    sub.chain = sub.chain.then(() => this.#deliver(sub, to, known)).catch((error) =>
+  #catchUp(
+    sub: Subscription,
+    to: Partial<Cursor>,
+    known?: StoredMessage[],
+    refill = false,
+  ): Promise<void> {
+    sub.chain = sub.chain.then(() => this.#deliver(sub, to, known, refill)).catch((error) =>
       this.#log.warn("kv_catch_up_failed", { room: sub.room, error: String(error) })
     );
     return sub.chain;
   }
 
-  async #deliver(sub: Subscription, to: Partial<Cursor>, known?: StoredMessage[]): Promise<void> {
+  /** `refill`: the first catch-up of a new watch, whose messages fill a gap. */
+  async #deliver(
+    sub: Subscription,
+    to: Partial<Cursor>,
+    known?: StoredMessage[],
+    refill = false,
+  ): Promise<void> {
     const { room, last } = sub;
     const first = known?.[0]?.id ?? 0;
     const knownAt = (id: number) => known?.[id - first];
@@ -462,6 +496,7 @@ export class KvEngine implements Engine {
         if (sub.stopped) return;
         last.id = record.id;
         this.#emit(sub, { type: "message", message });
+        if (refill) this.#stats.gapFilled(1);
       }
       // Ids missing from the list were trimmed before this subscriber got to them.
       last.id = Math.max(last.id, to.id);

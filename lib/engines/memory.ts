@@ -15,7 +15,9 @@ import type {
   Signal,
   Unsubscribe,
 } from "../engine.ts";
+import type { Metrics } from "../metrics.ts";
 import type { Member, Position, StoredMessage } from "../protocol.ts";
+import { EngineMetrics, since } from "./_metrics.ts";
 import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
 
 /** Options of {@linkcode MemoryEngine}. */
@@ -83,10 +85,17 @@ export class MemoryEngine implements Engine {
   #bans = new Map<string, Map<string, number>>();
   #options: MemoryEngineOptions;
   #now: () => number;
+  #closed = false;
+  #stats = new EngineMetrics("memory", () => !this.#closed);
 
   constructor(options: MemoryEngineOptions) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
+  }
+
+  /** Up until closed; append latency and presence sweeps (no batches, gaps or reconnects). */
+  get metrics(): Metrics {
+    return this.#stats.registry;
   }
 
   #room(name: string): RoomState {
@@ -114,10 +123,23 @@ export class MemoryEngine implements Engine {
   }
 
   append(name: string, draft: MessageDraft): Promise<AppendResult> {
+    const start = performance.now();
+    let result: AppendResult;
+    try {
+      result = this.#append(name, draft);
+    } catch (error) {
+      this.#stats.appendFailed();
+      throw error;
+    }
+    this.#stats.appended(since(start));
+    return Promise.resolve(result);
+  }
+
+  #append(name: string, draft: MessageDraft): AppendResult {
     const room = this.#room(name);
     if (draft.sender !== undefined && draft.cid !== undefined) {
       const earlier = room.dedup.get(dedupKey(draft.sender, draft.cid));
-      if (earlier) return Promise.resolve({ message: earlier, duplicate: true });
+      if (earlier) return { message: earlier, duplicate: true };
     }
     const message: StoredMessage = {
       room: name,
@@ -144,7 +166,7 @@ export class MemoryEngine implements Engine {
     this.#store(room, message);
     if (message.kind !== undefined) this.#apply(room, message);
     this.#publish(room, { type: "message", message });
-    return Promise.resolve({ message, duplicate: false });
+    return { message, duplicate: false };
   }
 
   /** Index in `room.log` of a live entry, or -1. */
@@ -252,11 +274,13 @@ export class MemoryEngine implements Engine {
   #expire(room: RoomState, force = false) {
     const now = this.#now();
     if (!force && now < room.nextExpiry) return;
+    const start = performance.now();
     room.nextExpiry = Infinity;
     for (const [conn, entry] of room.presence) {
       if (entry.expires <= now) this.#remove(room, conn);
       else room.nextExpiry = Math.min(room.nextExpiry, entry.expires);
     }
+    this.#stats.swept(since(start));
   }
 
   #remove(room: RoomState, conn: string) {
@@ -370,6 +394,7 @@ export class MemoryEngine implements Engine {
   }
 
   close(): Promise<void> {
+    this.#closed = true;
     for (const room of this.#rooms.values()) room.listeners.clear();
     return Promise.resolve();
   }

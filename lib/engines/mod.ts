@@ -32,7 +32,7 @@ export async function createEngine(config: Config, logger: Logger): Promise<Engi
           "--allow-env without a list, which the Redis client needs: run `deno task start:redis`",
         );
       }
-      return await module.RedisEngine.connect(config, logger);
+      return await module.RedisEngine.connect({ ...config, keyPrefix: config.redisPrefix }, logger);
     }
   }
 }

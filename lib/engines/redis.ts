@@ -38,7 +38,7 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import { Redis } from "ioredis";
 import type {
   AppendResult,
@@ -51,8 +51,10 @@ import type {
   Unsubscribe,
 } from "../engine.ts";
 import { type Logger, silentLogger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
 import type { Member, Position } from "../protocol.ts";
 import { newEpoch } from "./memory.ts";
+import { EngineMetrics, since } from "./_metrics.ts";
 import { Batches, type BatchLimits } from "./_batches.ts";
 import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
 import {
@@ -90,7 +92,9 @@ export interface RedisEngineOptions {
   historyFileBytes: number;
   /**
    * Put before every key and channel, so several deployments (or tests) can
-   * share one Redis.
+   * share one Redis: two prefixes that differ never share a key or a
+   * channel, since no prefix may hold `{` and every key goes on with one.
+   * (The database number in `redisUrl` does not separate pub/sub channels.)
    *
    * @default "parley:"
    */
@@ -231,6 +235,22 @@ async function shut(client: Redis): Promise<void> {
   await done;
 }
 
+/** The prefix of keys and channels when none is given. */
+export const DEFAULT_PREFIX = "parley:";
+
+/**
+ * A key prefix as given, or a RangeError: a `{` or `}` in it would make the
+ * prefix, not the room, the hash tag of Redis Cluster, or break the tag.
+ */
+function checkPrefix(prefix: string): string {
+  if (/[{}]/.test(prefix)) {
+    throw new RangeError(
+      `Cannot use key prefix ${JSON.stringify(prefix)}: it must not contain { or }`,
+    );
+  }
+  return prefix;
+}
+
 function stampOf(reply: unknown): PresenceStamp {
   const [inc, ver] = reply as [string, string];
   return { inc: String(inc), ver: Number(ver) };
@@ -265,6 +285,7 @@ export class RedisEngine implements Engine {
   #timer?: ReturnType<typeof setInterval>;
   #closed = false;
   #down = false;
+  #stats = new EngineMetrics("redis", () => !this.#closed && !this.#down);
 
   private constructor(
     options: RedisEngineOptions,
@@ -274,7 +295,7 @@ export class RedisEngine implements Engine {
     this.#options = options;
     this.#log = logger;
     this.#now = options.now ?? Date.now;
-    this.#prefix = options.keyPrefix ?? "parley:";
+    this.#prefix = checkPrefix(options.keyPrefix ?? DEFAULT_PREFIX);
     this.#scripts = scripts;
     this.#appends = new Batches({
       send: (room, entries) => this.#appendBatch(room, entries),
@@ -315,6 +336,7 @@ export class RedisEngine implements Engine {
       client.on("ready", () => {
         if (this.#down && this.#redis.status === "ready" && this.#sub.status === "ready") {
           this.#down = false;
+          this.#stats.reconnected();
           this.#log.info("redis_reconnected", {});
         }
       });
@@ -400,7 +422,20 @@ export class RedisEngine implements Engine {
     }
   }
 
-  async append(room: string, draft: MessageDraft): Promise<AppendResult> {
+  /**
+   * Up while both connections are (0 from a lost connection until both are
+   * back), reconnections, feed gaps and the messages that filled them, append
+   * latency, batch sizes (appends per script call) and presence sweeps.
+   */
+  get metrics(): Metrics {
+    return this.#stats.registry;
+  }
+
+  append(room: string, draft: MessageDraft): Promise<AppendResult> {
+    return this.#stats.timeAppend(performance.now(), this.#append(room, draft));
+  }
+
+  async #append(room: string, draft: MessageDraft): Promise<AppendResult> {
     const ts = this.#now();
     const header: Header = {
       ts,
@@ -474,6 +509,7 @@ export class RedisEngine implements Engine {
       ],
       true,
     ) as [Buffer, Buffer, Buffer[]];
+    this.#stats.batch(entries.length);
     const epoch = reply[0].toString();
     let next = parseInt(reply[1].toString(), 10);
     const dups = new Map<number, [unknown, Buffer]>();
@@ -608,6 +644,7 @@ export class RedisEngine implements Engine {
   }
 
   #markStale(feed: Feed) {
+    if (feed.ready && !feed.stale) this.#stats.feedGap();
     feed.stale = true;
     if (feed.view) feed.view.stale = true;
   }
@@ -691,6 +728,7 @@ export class RedisEngine implements Engine {
             if (m.epoch === feed.epoch && m.id <= feed.lastId) continue;
             if (m.epoch !== feed.epoch || m.id !== feed.lastId + 1) {
               feed.queue.unshift(item);
+              this.#stats.feedGap();
               feed.stale = true;
               continue;
             }
@@ -739,9 +777,14 @@ export class RedisEngine implements Engine {
     feed.epoch = result.epoch;
     feed.lastId = result.head;
     feed.stale = false;
+    let filled = 0;
     for (const m of result.messages) {
-      if (!sameEpoch || m.id > lastId) this.#emit(feed, { type: "message", message: m });
+      if (!sameEpoch || m.id > lastId) {
+        filled++;
+        this.#emit(feed, { type: "message", message: m });
+      }
     }
+    this.#stats.gapFilled(filled);
     // Messages of an epoch that is gone can never be delivered in order.
     feed.queue = feed.queue.filter(({ event }) =>
       event.type !== "message" || event.message.epoch === feed.epoch
@@ -834,7 +877,11 @@ export class RedisEngine implements Engine {
     for (const feed of this.#feeds.values()) {
       if (!feed.ready) continue;
       if (feed.stale || feed.view!.stale) this.#pump(feed);
-      this.#presence(feed.room, "sweep", []).then((reply) => this.#check(feed, stampOf(reply)))
+      const start = performance.now();
+      this.#presence(feed.room, "sweep", []).then((reply) => {
+        this.#stats.swept(since(start));
+        this.#check(feed, stampOf(reply));
+      })
         .catch((error) =>
           this.#log.debug("redis_sweep_failed", { room: feed.room, error: String(error) })
         );

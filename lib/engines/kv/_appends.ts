@@ -298,6 +298,7 @@ export class Appends {
         );
       }
       await this.#settle(room, group, outcomes, fresh);
+      this.#context.metrics?.batch(outcomes.length);
       return outcomes.length;
     }
   }

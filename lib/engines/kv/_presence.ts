@@ -7,6 +7,7 @@
 
 import type { EngineEvent, Signal } from "../../engine.ts";
 import type { Member } from "../../protocol.ts";
+import { since } from "../_metrics.ts";
 import { copyMember, copySignal } from "../_shapes.ts";
 import {
   backoff,
@@ -320,6 +321,13 @@ export class Presence {
 
   /** Removes expired entries (publishing `leave`s) and returns the members left. */
   async #sweep(room: string): Promise<Member[]> {
+    const start = performance.now();
+    const members = await this.#expireAll(room);
+    this.#context.metrics?.swept(since(start));
+    return members;
+  }
+
+  async #expireAll(room: string): Promise<Member[]> {
     for (let attempt = 1;; attempt++) {
       const { head, stored } = await this.#read(room);
       const edit = new PresenceEdit(this.#context.now(), stored);

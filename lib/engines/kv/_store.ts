@@ -6,6 +6,7 @@
  */
 
 import type { Logger } from "../../log.ts";
+import type { EngineMetrics } from "../_metrics.ts";
 
 /** Checks per atomic write allowed everywhere (Deno Deploy; local files allow 100). */
 export const MAX_CHECKS = 10;
@@ -25,6 +26,8 @@ export interface KvContext {
   kv: Deno.Kv;
   now: () => number;
   log: Logger;
+  /** Where batch sizes and sweep times go. */
+  metrics?: EngineMetrics;
 }
 
 /** A key of a room: everything of a room is under `["parley", room]`. */
