@@ -11,7 +11,8 @@
  */
 
 import { loadConfig, startupFailure } from "./lib/config.ts";
-import { type App, createApp } from "./main.ts";
+import { settingsOf } from "./main.ts";
+import { createParley, type Parley } from "./mod.ts";
 
 const SERVE_DEFAULTS: Record<string, string> = { ENGINE: "kv", KV_PATH: "parley.sqlite" };
 
@@ -21,7 +22,7 @@ function fail(line: string, code: number): never {
   Deno.exit(code);
 }
 
-let app: App;
+let parley: Parley;
 try {
   const config = loadConfig((name) => Deno.env.get(name) || SERVE_DEFAULTS[name]);
   if (config.engine === "memory") {
@@ -30,10 +31,10 @@ try {
       2,
     );
   }
-  app = await createApp(config);
+  parley = await createParley(settingsOf(config));
 } catch (error) {
   const { line, code } = startupFailure(error);
   fail(line, code);
 }
 
-export default { fetch: app.handler } satisfies Deno.ServeDefaultExport;
+export default { fetch: parley.fetch } satisfies Deno.ServeDefaultExport;

@@ -15,6 +15,7 @@ import { nickProblem } from "./auth/nick.ts";
 import { safeEqual } from "./auth/secret.ts";
 import type { Signal } from "./engine.ts";
 import type { Hub } from "./hub.ts";
+import { encodeRoom, exportRoom, parseRoom, readLines, summarize } from "./migrate.ts";
 import {
   codePoints,
   DEFAULT_PAGE,
@@ -45,6 +46,13 @@ export interface ApiOptions {
     mod?: string[];
     ttlSeconds: number;
   }) => Promise<string>;
+  /**
+   * Largest body of `POST /api/rooms/:room/import`, in bytes: a room's
+   * history as JSONL, file bytes in base64.
+   *
+   * @default {64 MiB}
+   */
+  maxImportBytes?: number;
 }
 
 /** Largest request body, in bytes. */
@@ -68,6 +76,8 @@ type ApiErrorCode =
   | "method_not_allowed"
   | "too_large"
   | "no_secret"
+  | "conflict"
+  | "not_supported"
   | "unavailable";
 
 /** A refused request: its status, code and what was wrong. */
@@ -210,6 +220,22 @@ function authorize(req: Request, apiKey: string): void {
   }
 }
 
+/** The bytes of `body`, refused with a 413 past `limit`. */
+function capped(body: ReadableStream<Uint8Array>, limit: number): ReadableStream<Uint8Array> {
+  let size = 0;
+  return body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        size += chunk.byteLength;
+        if (size > limit) {
+          throw new ApiError(413, "too_large", `the body is over ${limit} bytes, the import limit`);
+        }
+        controller.enqueue(chunk);
+      },
+    }),
+  );
+}
+
 type Route = (req: Request, url: URL, params: { room: string; id: string }) => Promise<Response>;
 
 /**
@@ -224,6 +250,9 @@ type Route = (req: Request, url: URL, params: { room: string; id: string }) => P
  * - `GET /api/rooms/:room/members` → 200 `{members}`
  * - `POST /api/rooms/:room/kick` `{member, minutes?, reason?}` → 200 `{kicked, until?}`
  * - `POST /api/tokens` `{sub, name?, rooms?, read?, mod?, ttl}` → 201 `{token}`
+ * - `GET /api/rooms/:room/export` → 200, the room's history as JSONL (`migrate.ts`)
+ * - `POST /api/rooms/:room/import` (JSONL body) → 201 `{room, messages, dedup, bytes}`;
+ *   409 when the room has messages or the export does not fit the history limits
  *
  * @example
  * ```ts
@@ -240,6 +269,7 @@ export function createApi(options: ApiOptions): (req: Request, url: URL) => Prom
     );
   }
   const engine = hub.options.engine;
+  const maxImportBytes = options.maxImportBytes ?? 64 << 20;
 
   const postMessage: Route = async (req, _url, { room }) => {
     const body = await readObject(req);
@@ -318,6 +348,62 @@ export function createApi(options: ApiOptions): (req: Request, url: URL) => Prom
     return json(200, { kicked, until });
   };
 
+  const exportHistory: Route = async (_req, _url, { room }) => {
+    const snapshot = await exportRoom(engine, room);
+    if (snapshot.head === 0) {
+      throw new ApiError(404, "not_found", `room ${quote(room)} has no messages to export`);
+    }
+    const lines = encodeRoom(snapshot);
+    const encoder = new TextEncoder();
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        const next = lines.next();
+        if (next.done) controller.close();
+        else controller.enqueue(encoder.encode(`${next.value}\n`));
+      },
+    });
+    const { messages, dedup, bytes } = summarize(snapshot);
+    hub.log.info("api_export", { room, messages, dedup, bytes });
+    return new Response(body, {
+      headers: {
+        "content-type": "application/x-ndjson; charset=utf-8",
+        "content-disposition": `attachment; filename="${room}.jsonl"`,
+        "cache-control": "no-store",
+      },
+    });
+  };
+
+  const importHistory: Route = async (req, _url, { room }) => {
+    if (!engine.importRoom) {
+      throw new ApiError(501, "not_supported", "this server's engine cannot import rooms");
+    }
+    const declared = Number(req.headers.get("content-length") ?? NaN);
+    if (declared > maxImportBytes) {
+      throw new ApiError(
+        413,
+        "too_large",
+        `the body is ${declared} bytes; the limit is ${maxImportBytes} bytes`,
+      );
+    }
+    if (!req.body) throw badRequest("the body is empty; send a room export (JSONL)");
+    let snapshot;
+    try {
+      snapshot = await parseRoom(readLines(capped(req.body, maxImportBytes)));
+    } catch (error) {
+      if (error instanceof SyntaxError) throw badRequest(error.message);
+      throw error;
+    }
+    try {
+      await engine.importRoom(room, snapshot);
+    } catch (error) {
+      if (error instanceof RangeError) throw new ApiError(409, "conflict", error.message);
+      throw error;
+    }
+    const summary = summarize(snapshot);
+    hub.log.info("api_import", { room, from: snapshot.room, ...summary });
+    return json(201, { room, ...summary });
+  };
+
   const tokens: Route = async (req) => {
     if (!mint) throw new ApiError(409, "no_secret", "set AUTH_SECRET to mint tokens");
     const body = await readObject(req);
@@ -368,6 +454,8 @@ export function createApi(options: ApiOptions): (req: Request, url: URL) => Prom
     }
     if (what === "members" && parts.length === 3) return { methods: { GET: listMembers }, room };
     if (what === "kick" && parts.length === 3) return { methods: { POST: kick }, room };
+    if (what === "export" && parts.length === 3) return { methods: { GET: exportHistory }, room };
+    if (what === "import" && parts.length === 3) return { methods: { POST: importHistory }, room };
     return { methods: {} };
   }
 

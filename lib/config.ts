@@ -73,6 +73,18 @@ export interface Config {
    */
   presenceRefresh: number;
   /**
+   * Seconds between SIGTERM and the first close of a drain (`DRAIN_SECONDS`,
+   * default 5): `/readyz` is 503 at once, so a proxy stops sending new
+   * connections before any socket closes.
+   */
+  drainSeconds: number;
+  /**
+   * Seconds over which a drain spreads its closes with 1012
+   * (`DRAIN_SPREAD_SECONDS`, default 10), so clients come back to the other
+   * instances as a trickle, not all in one instant.
+   */
+  drainSpreadSeconds: number;
+  /**
    * Who may connect (`AUTH`): `open` (default: anyone, with any free
    * nickname) or `token` (a signed token each, see `docs/auth.md`).
    */
@@ -148,6 +160,8 @@ export const DEFAULT_CONFIG: Readonly<Config> = {
   logLevel: "info",
   presenceTtl: 60,
   presenceRefresh: 20,
+  drainSeconds: 5,
+  drainSpreadSeconds: 10,
   auth: "open",
   authSkew: 30,
 };
@@ -179,6 +193,8 @@ export const ENV_VARS = [
   "LOG_LEVEL",
   "PRESENCE_TTL",
   "PRESENCE_REFRESH",
+  "DRAIN_SECONDS",
+  "DRAIN_SPREAD_SECONDS",
   "AUTH",
   "AUTH_SECRET",
   "AUTH_PUBLIC_KEY_FILE",
@@ -451,6 +467,15 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     logLevel,
     presenceTtl,
     presenceRefresh,
+    drainSeconds: integer(env, "DRAIN_SECONDS", d.drainSeconds, 0, 3600, "seconds"),
+    drainSpreadSeconds: integer(
+      env,
+      "DRAIN_SPREAD_SECONDS",
+      d.drainSpreadSeconds,
+      0,
+      3600,
+      "seconds",
+    ),
     ...auth,
   };
 }

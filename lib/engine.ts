@@ -91,6 +91,22 @@ export type Signal =
     until?: number;
   };
 
+/**
+ * A room's history as it moves from one engine to another (see
+ * `migrate.ts`, which reads and writes it as JSONL).
+ */
+export interface RoomSnapshot {
+  epoch: string;
+  /** Id of the newest message of the room, 0 when none. */
+  head: number;
+  /**
+   * Every entry history keeps, oldest first, with consecutive ids that end
+   * at `head`, edits and deletes applied, as `read()` gives them (their
+   * `room` is ignored). The dedup window is their `sender`+`cid` pairs.
+   */
+  messages: StoredMessage[];
+}
+
 /** Stops a subscription. */
 export type Unsubscribe = () => void;
 
@@ -179,4 +195,17 @@ export interface Engine {
    * any reports nothing.
    */
   readonly metrics?: Metrics;
+  /**
+   * Writes the history of a room that has no messages yet (its `head` is 0)
+   * from another engine's {@linkcode RoomSnapshot}: ids, epoch, edits,
+   * deletes, file bytes and dedup pairs, so clients resume as if nothing
+   * moved. Meant for a room no one is in: it publishes no events, and
+   * subscribers already in the room may or may not see the imported entries
+   * before they resume. Optional: an engine without it cannot be the target
+   * of `deno task import`.
+   *
+   * @throws {RangeError} When the room has messages, or the snapshot does
+   *   not fit this engine's history limits; nothing is written then.
+   */
+  importRoom?(room: string, snapshot: RoomSnapshot): Promise<void>;
 }

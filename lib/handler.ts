@@ -8,6 +8,7 @@
 
 import { identify, memberIdOfSub, type Verifier } from "./admission.ts";
 import type { AuthFailures } from "./auth/failures.ts";
+import { createFileRoute, isFilePath } from "./files.ts";
 import type { ConnectInfo, Connection, Hub } from "./hub.ts";
 import {
   CloseCode,
@@ -52,6 +53,14 @@ export interface HandlerOptions {
   failures?: AuthFailures;
   /** The server API for `/api/` paths; every `/api/` path is 404 without it. */
   api?: (req: Request, url: URL) => Promise<Response>;
+  /**
+   * Path prefix the handler is mounted under, without a trailing slash
+   * (`/chat`); `""` is the root. Only paths under it are Parley's, seen
+   * without it: `/chat/` is the lobby, `/chat/healthz` the health check.
+   */
+  basePath?: string;
+  /** Answers requests outside `basePath`; they get 404 without it. */
+  fallback?: Handler;
 }
 
 /** The request handler of `Deno.serve`. */
@@ -242,6 +251,12 @@ export function createHandler(options: HandlerOptions): Handler {
   const maxPerIp = options.maxConnectionsPerIp ?? Infinity;
   const trustedProxies = options.trustedProxies ?? [];
   const slots = new Slots();
+  const files = createFileRoute({
+    engine: hub.options.engine,
+    verifier: options.verifier,
+    failures: options.failures,
+    countRejection: (reason) => hub.metrics.inc("parley_rejected_total", { reason }),
+  });
 
   /** A raw client's URL token, checked before the upgrade; a Response refuses it. */
   async function rawAccess(
@@ -366,10 +381,30 @@ export function createHandler(options: HandlerOptions): Handler {
     return response;
   }
 
+  const basePath = options.basePath ?? "";
+
   return async (req, info) => {
-    const url = new URL(req.url);
-    const path = url.pathname;
+    let url = new URL(req.url);
+    let path = url.pathname;
     const isRead = req.method === "GET" || req.method === "HEAD";
+    if (basePath !== "") {
+      if (path === basePath) {
+        // The page's URLs are relative to the folder: `/chat` must become `/chat/`.
+        if (isRead && req.headers.get("upgrade") === null) {
+          return new Response(null, {
+            status: 308,
+            headers: { location: `${basePath}/${url.search}` },
+          });
+        }
+        path = "/";
+      } else if (path.startsWith(`${basePath}/`)) {
+        path = path.slice(basePath.length);
+      } else {
+        return options.fallback ? options.fallback(req, info) : text(404, "not found");
+      }
+      url = new URL(url);
+      url.pathname = path;
+    }
     switch (path) {
       case "/healthz":
         return isRead ? text(200, "ok") : methodNotAllowed();
@@ -390,6 +425,7 @@ export function createHandler(options: HandlerOptions): Handler {
     }
     const asset = assets.get(path);
     if (asset) return isRead ? serveAsset(req, asset, SECURITY_HEADERS) : methodNotAllowed();
+    if (isFilePath(path)) return files(req, path, clientIp(req, info, trustedProxies));
     const room = roomOf(path);
     if (room instanceof Response) return room;
     // `get`, not `has`: on Deno, `has` copies every header into the request,

@@ -334,8 +334,15 @@ export class Hub {
    *
    * @returns Resolves once the last slice is closed.
    */
-  drain(spreadMs: number): Promise<void> {
-    return drainSpread([...this.#connections], { spreadMs });
+  async drain(spreadMs: number): Promise<void> {
+    const drained = [...this.#connections];
+    await drainSpread(drained, { spreadMs });
+    // Let the close frames go out: a listener shut down first would close
+    // the sockets itself, with 1001.
+    const end = performance.now() + CLOSE_WAIT_MS;
+    while (drained.some((c) => c.socket.readyState < 3) && performance.now() < end) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
   }
 
   /** Closes every connection (1001 by default) and stops the presence timer. */
@@ -353,6 +360,9 @@ export class Hub {
     for (const conn of [...this.#connections]) conn.close(code, reason);
   }
 }
+
+/** How long a drain waits for its close handshakes to finish. */
+const CLOSE_WAIT_MS = 2000;
 
 /** The metrics of a hub, with gauges read from it. */
 export function createMetrics(hub: Hub): Metrics {

@@ -255,15 +255,21 @@ function loadNick() {
 
 // ---------------------------------------------------------------- state
 
+/**
+ * The folder the page is served from, with its trailing slash: `/`, or the
+ * prefix an app mounted Parley under (`/chat/`). This module sits in it.
+ */
+const BASE = new URL(".", import.meta.url).pathname;
+
 /** @param {string} pathname */
 function roomFromPath(pathname) {
-  const first = pathname.split("/")[1] ?? "";
+  const first = pathname.startsWith(BASE) ? pathname.slice(BASE.length).split("/")[0] : "";
   return ROOM_PATTERN.test(first) ? first : "lobby";
 }
 
 /** @param {string} room */
 function pathOfRoom(room) {
-  return room === "lobby" && location.pathname === "/" ? "/" : `/${room}`;
+  return room === "lobby" && location.pathname === BASE ? BASE : BASE + room;
 }
 
 /** @type {Map<string, RoomState>} */
@@ -387,7 +393,14 @@ function restoreRoom(name) {
     for (const raw of Array.isArray(saved.entries) ? saved.entries : []) {
       const entry = readEntry(raw, saved.epoch);
       if (!entry || room.keys.has(entry.key)) continue;
-      if (entry.file) entry.file.gone = !entry.file.omitted;
+      // Its bytes came over the socket before the reload; the server keeps them too.
+      if (entry.file && !entry.file.omitted) {
+        if (state.token === null) entry.file.url = storedFileUrl(name, saved.epoch, entry.id);
+        else {
+          entry.file.gone = true; // until fetched
+          fetchStored(room, entry);
+        }
+      }
       room.entries.push(entry);
       room.keys.set(entry.key, entry);
     }
@@ -396,6 +409,44 @@ function restoreRoom(name) {
     // a damaged record is as good as none
   }
   return room;
+}
+
+/**
+ * Where the server serves a stored file (`GET /<room>/files/<epoch>/<id>`),
+ * relative to the page so it follows the page's base path.
+ *
+ * @param {string} room
+ * @param {string} epoch
+ * @param {number} id
+ */
+function storedFileUrl(room, epoch, id) {
+  return new URL(
+    `${encodeURIComponent(room)}/files/${encodeURIComponent(epoch)}/${id}`,
+    location.href,
+  ).href;
+}
+
+/**
+ * Token mode: fetches a stored file with the invite token in a header (a
+ * token in a picture's URL would land in proxy logs) and shows it once here.
+ * On failure it stays "not kept".
+ *
+ * @param {RoomState} room
+ * @param {Entry} entry
+ */
+function fetchStored(room, entry) {
+  if (!entry.file) return;
+  const { mime } = entry.file;
+  const headers = { authorization: `Bearer ${state.token}` };
+  fetch(storedFileUrl(room.name, entry.epoch, entry.id), { headers })
+    .then((response) => response.ok ? response.arrayBuffer() : null)
+    .then((data) => {
+      // Still the entry shown, and still without bytes of its own.
+      if (data && room.keys.get(entry.key) === entry && entry.file && !entry.file.url) {
+        attachFile(room, entry, blobUrl(data, mime));
+      }
+    })
+    .catch(() => {});
 }
 
 /** @param {RoomState} room */
@@ -550,6 +601,14 @@ function fillBody(body, content) {
     img.setAttribute("alt", file.name);
     img.setAttribute("title", `${file.name} (${formatSize(file.size)})`);
     img.addEventListener("load", () => keepBottom());
+    // A file from the server that left history (or was deleted) meanwhile.
+    img.addEventListener("error", () => {
+      if (file.url?.startsWith("blob:")) return;
+      const note = document.createElement("span");
+      note.className = "file-note";
+      note.textContent = `${file.name}: file no longer on the server`;
+      body.replaceChildren(note);
+    });
     img.src = file.url;
     body.append(img);
   }
@@ -756,6 +815,18 @@ let inBatch = false;
 function keepBottom() {
   if (stickToBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
 }
+
+// The list shrinks when something shows around it (a notice, a reply bar, a
+// taller message box, a phone's keyboard): if its end was in view, it stays.
+let listHeight = 0;
+new ResizeObserver(() => {
+  const list = ui.messages;
+  // A scroll event of the same frame may already have measured the smaller
+  // list and found its end out of view: judge by the size it had before.
+  if (list.scrollHeight - list.scrollTop - listHeight < 80) stickToBottom = true;
+  listHeight = list.clientHeight;
+  keepBottom();
+}).observe(ui.messages);
 
 /** Redraws the whole list of the current room. */
 function renderAll() {
@@ -2091,6 +2162,7 @@ function failOutgoing(room, item, reason) {
   const li = renderPending(item);
   if (old) old.replaceWith(li);
   pendingElements.set(item.cid, li);
+  keepBottom(); // the reason makes it taller
 }
 
 // ---------------------------------------------------------------- sending
@@ -2484,6 +2556,8 @@ ui.nickForm.addEventListener("submit", (event) => {
   }
   ui.nickDialog.close();
   applyNick(ui.nickInput.value.trim());
+  // The dialog gives focus back to what had it, often nothing: next comes a message.
+  if (!ui.text.disabled) ui.text.focus();
 });
 
 ui.roomForm.addEventListener("submit", (event) => {
@@ -2495,7 +2569,7 @@ ui.roomForm.addEventListener("submit", (event) => {
     return;
   }
   ui.roomInput.setCustomValidity("");
-  if (name !== state.room) history.pushState(null, "", `/${name}`);
+  if (name !== state.room) history.pushState(null, "", BASE + name);
   switchRoom(name);
 });
 ui.roomInput.addEventListener("input", () => ui.roomInput.setCustomValidity(""));
@@ -2595,5 +2669,8 @@ renderAll();
 renderMembers();
 renderAccess();
 showStatus();
-if (canJoin()) connect();
-else openNickDialog();
+if (canJoin()) {
+  connect();
+  // Ready to type, except on a touch screen, where focus would raise the keyboard over the page.
+  if (!ui.text.disabled && !matchMedia("(pointer: coarse)").matches) ui.text.focus();
+} else openNickDialog();

@@ -42,6 +42,8 @@ async function startInstance(redisUrl: string): Promise<Instance> {
       PORT: "0",
       HOSTNAME: "127.0.0.1",
       LOG_LEVEL: "silent",
+      DRAIN_SECONDS: "0",
+      DRAIN_SPREAD_SECONDS: "0",
     },
     stdin: "null",
     stdout: "piped",

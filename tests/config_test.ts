@@ -53,6 +53,8 @@ Deno.test("config: reads every variable", () => {
     LOG_LEVEL: "WARN",
     PRESENCE_TTL: "90",
     PRESENCE_REFRESH: "30",
+    DRAIN_SECONDS: "2",
+    DRAIN_SPREAD_SECONDS: "20",
     AUTH: "Token",
     AUTH_SECRET: SECRET,
     API_KEY: "api-key-0123456789",
@@ -84,6 +86,8 @@ Deno.test("config: reads every variable", () => {
     logLevel: "warn",
     presenceTtl: 90,
     presenceRefresh: 30,
+    drainSeconds: 2,
+    drainSpreadSeconds: 20,
     auth: "token",
     authSecret: SECRET,
     authPublicKeyFile: undefined,
@@ -104,6 +108,14 @@ Deno.test("config: presence lasts PRESENCE_TTL seconds, refreshed every PRESENCE
   assert.deepEqual([shortest.presenceTtl, shortest.presenceRefresh], [2, 1]);
   const long = loadConfig(env({ PRESENCE_TTL: "600" }));
   assert.equal(long.presenceRefresh, 20);
+});
+
+Deno.test("config: a drain waits DRAIN_SECONDS, then spreads its closes over DRAIN_SPREAD_SECONDS", () => {
+  assert.deepEqual([DEFAULT_CONFIG.drainSeconds, DEFAULT_CONFIG.drainSpreadSeconds], [5, 10]);
+  const none = loadConfig(env({ DRAIN_SECONDS: "0", DRAIN_SPREAD_SECONDS: "0" }));
+  assert.deepEqual([none.drainSeconds, none.drainSpreadSeconds], [0, 0]);
+  assert.throws(() => loadConfig(env({ DRAIN_SECONDS: "-1" })), /DRAIN_SECONDS/);
+  assert.throws(() => loadConfig(env({ DRAIN_SPREAD_SECONDS: "soon" })), /DRAIN_SPREAD_SECONDS/);
 });
 
 /** The deno.json tasks that start the server, with the variables each may read (if it lists them). */

@@ -26,7 +26,16 @@ async function startServer(kvPath: string): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "main.ts"],
     cwd: new URL("../", import.meta.url),
-    env: { ENGINE: "kv", KV_PATH: kvPath, PORT: "0", HOSTNAME: "127.0.0.1", LOG_LEVEL: "silent" },
+    env: {
+      ENGINE: "kv",
+      KV_PATH: kvPath,
+      PORT: "0",
+      HOSTNAME: "127.0.0.1",
+      LOG_LEVEL: "silent",
+      // SIGTERM drains; these tests want the stop at once.
+      DRAIN_SECONDS: "0",
+      DRAIN_SPREAD_SECONDS: "0",
+    },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

@@ -5,7 +5,7 @@
  * every typing signal and edit.
  */
 import assert from "node:assert/strict";
-import { Client, connect } from "./helpers.ts";
+import { type Client, connect } from "./helpers.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 

@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Client, connect, startServer, waitFor } from "./helpers.ts";
+import { type Client, connect, startServer, waitFor } from "./helpers.ts";
 import { redisSkipReason, startRedis } from "./redis_server.ts";
 
 const ignore = await redisSkipReason("redis_outage_test.ts");

@@ -313,52 +313,79 @@ Deno.test("?history that is not a number is answered 400 before the upgrade", as
   });
 });
 
-Deno.test("on SIGTERM the server closes sockets with 1001 and exits 0", async () => {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-read=.", "--allow-env", "main.ts"],
-    env: { PORT: "0", HOSTNAME: "127.0.0.1", LOG_LEVEL: "silent" },
-    cwd: REPO_ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
-  });
-  const stdout = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const stderr = new Response(child.stderr).text();
-  let client: Client | undefined;
-  try {
-    const match = await readLineMatching(
-      stdout,
-      /^Parley listening on http:\/\/127\.0\.0\.1:(\d+)\/$/,
-      10_000,
-    );
-    client = await connect(`ws://127.0.0.1:${match[1]}/`);
-    // Make sure the server has the socket in its room before stopping it.
-    client.send("ping");
-    assert.equal(await client.text(2000), "ping");
-    child.kill("SIGTERM");
-    const event = await client.closed;
-    assert.equal(event.code, 1001);
-    const { code } = await status;
-    assert.equal(code, 0);
-  } finally {
-    await client?.close();
-    if (!exited) {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // It exited in the meantime.
+for (
+  const [signal, code, env] of [
+    ["SIGINT", 1001, {}],
+    ["SIGTERM", 1012, { DRAIN_SECONDS: "1", DRAIN_SPREAD_SECONDS: "0" }],
+  ] as const
+) {
+  const what = signal === "SIGINT"
+    ? "closes sockets with 1001 at once"
+    : "drains: /readyz 503 at once, sockets closed with 1012 after DRAIN_SECONDS";
+  Deno.test(`on ${signal} the server ${what}, and exits 0`, async () => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-net", "--allow-read=.", "--allow-env", "main.ts"],
+      env: { PORT: "0", HOSTNAME: "127.0.0.1", LOG_LEVEL: "silent", ...env },
+      cwd: REPO_ROOT,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let exited = false;
+    const status = child.status.then((s) => {
+      exited = true;
+      return s;
+    });
+    const stdout = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const stderr = new Response(child.stderr).text();
+    let client: Client | undefined;
+    try {
+      const match = await readLineMatching(
+        stdout,
+        /^Parley listening on http:\/\/127\.0\.0\.1:(\d+)\/$/,
+        10_000,
+      );
+      const origin = `127.0.0.1:${match[1]}`;
+      client = await connect(`ws://${origin}/`);
+      // Make sure the server has the socket in its room before stopping it.
+      client.send("ping");
+      assert.equal(await client.text(2000), "ping");
+      let closedAt = 0;
+      client.closed.then(() => closedAt = performance.now());
+      const signalledAt = performance.now();
+      child.kill(signal);
+      if (signal === "SIGTERM") {
+        let ready = 200;
+        for (let tries = 0; ready !== 503 && tries < 50; tries++) {
+          const res = await fetch(`http://${origin}/readyz`);
+          await res.body?.cancel();
+          ready = res.status;
+          if (ready !== 503) await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        assert.equal(ready, 503, "/readyz turns 503 as the drain starts");
+        assert.equal(closedAt, 0, "the socket stays open until DRAIN_SECONDS");
+        client.send("still here");
+        assert.equal(await client.text(2000), "still here");
       }
+      const event = await client.closed;
+      assert.equal(event.code, code);
+      if (signal === "SIGTERM") assert.ok(closedAt - signalledAt >= 900, "after DRAIN_SECONDS");
+      assert.equal((await status).code, 0);
+    } finally {
+      await client?.close();
+      if (!exited) {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // It exited in the meantime.
+        }
+      }
+      await status;
+      await stdout.cancel();
+      await stderr;
     }
-    await status;
-    await stdout.cancel();
-    await stderr;
-  }
-});
+  });
+}
 
 Deno.test("a bad PORT stops start-up with one line naming the variable, value and expectation", async () => {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {

@@ -104,6 +104,7 @@ import type {
   HistoryPage,
   MessageDraft,
   ReadResult,
+  RoomSnapshot,
   Signal,
   Unsubscribe,
 } from "../engine.ts";
@@ -113,6 +114,7 @@ import type { Member, Position, StoredMessage } from "../protocol.ts";
 import { EngineMetrics } from "./_metrics.ts";
 import { checkBanEnd, parseSignal } from "./_shapes.ts";
 import { MessageLog } from "./kv/_messages.ts";
+import { importRoom } from "./kv/_migrate.ts";
 import { type LogHead, Presence, type PresenceEvent } from "./kv/_presence.ts";
 import type { Head } from "./kv/_records.ts";
 import { delay, key, type KvContext, write } from "./kv/_store.ts";
@@ -208,6 +210,8 @@ export class KvEngine implements Engine {
   #now: () => number;
   #messages: MessageLog;
   #presence: Presence;
+  /** Writes an imported room (see `kv/_migrate.ts`). */
+  #import: (room: string, snapshot: RoomSnapshot) => Promise<void>;
   /** Calls under way (and background work), awaited by `close()`. */
   #pending = new Set<Promise<unknown>>();
   /** Live subscriptions by room, for delivering this engine's own changes at once. */
@@ -250,6 +254,7 @@ export class KvEngine implements Engine {
     this.#now = options.now ?? Date.now;
     const context: KvContext = { kv, now: this.#now, log: this.#log, metrics: this.#stats };
     this.#messages = new MessageLog(context, options);
+    this.#import = (room, snapshot) => importRoom(context, options, room, snapshot);
     this.#presence = new Presence(
       context,
       (room, to) => this.#deliverLocally(room, to),
@@ -319,6 +324,11 @@ export class KvEngine implements Engine {
 
   history(room: string, before: number, limit: number): Promise<HistoryPage> {
     return this.#track(() => this.#messages.history(room, before, limit));
+  }
+
+  /** Takes a room's history from another engine (see `Engine.importRoom`). */
+  importRoom(room: string, snapshot: RoomSnapshot): Promise<void> {
+    return this.#track(() => this.#import(room, snapshot));
   }
 
   // Presence and signals.

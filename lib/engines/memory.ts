@@ -12,11 +12,13 @@ import type {
   HistoryPage,
   MessageDraft,
   ReadResult,
+  RoomSnapshot,
   Signal,
   Unsubscribe,
 } from "../engine.ts";
 import type { Metrics } from "../metrics.ts";
 import type { Member, Position, StoredMessage } from "../protocol.ts";
+import { checkImport } from "../migrate.ts";
 import { EngineMetrics, since } from "./_metrics.ts";
 import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
 
@@ -387,6 +389,32 @@ export class MemoryEngine implements Engine {
   bannedUntil(name: string, memberId: string): Promise<number | undefined> {
     const until = this.#bans.get(name)?.get(memberId);
     return Promise.resolve(until !== undefined && until > this.#now() ? until : undefined);
+  }
+
+  /**
+   * Takes a room's history from another engine (see `Engine.importRoom`);
+   * the room keeps its subscribers and presence.
+   */
+  importRoom(name: string, snapshot: RoomSnapshot): Promise<void> {
+    try {
+      checkImport(name, snapshot, this.#options, this.#rooms.get(name)?.head ?? 0);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const room = this.#room(name);
+    room.epoch = snapshot.epoch;
+    room.head = snapshot.head;
+    room.log = snapshot.messages.map((m) => ({ ...m, room: name, epoch: snapshot.epoch }));
+    room.start = 0;
+    room.bytes = 0;
+    room.dedup.clear();
+    for (const m of room.log) {
+      room.bytes += sizeOf(m);
+      if (m.sender !== undefined && m.cid !== undefined) {
+        room.dedup.set(dedupKey(m.sender, m.cid), m);
+      }
+    }
+    return Promise.resolve();
   }
 
   ready(): Promise<boolean> {

@@ -47,6 +47,7 @@ import type {
   HistoryPage,
   MessageDraft,
   ReadResult,
+  RoomSnapshot,
   Signal,
   Unsubscribe,
 } from "../engine.ts";
@@ -54,6 +55,7 @@ import { type Logger, silentLogger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import type { Member, Position } from "../protocol.ts";
 import { newEpoch } from "./memory.ts";
+import { importRoom } from "./redis/_migrate.ts";
 import { EngineMetrics, since } from "./_metrics.ts";
 import { Batches, type BatchLimits } from "./_batches.ts";
 import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
@@ -991,6 +993,12 @@ export class RedisEngine implements Engine {
     const until = value === null ? NaN : Number(value);
     // The key outlives the ban when this clock runs ahead of Redis's.
     return Number.isFinite(until) && until > this.#now() ? until : undefined;
+  }
+
+  /** Takes a room's history from another engine (see `redis/_migrate.ts`). */
+  importRoom(room: string, snapshot: RoomSnapshot): Promise<void> {
+    const key = (name: string, part: string) => this.#key(name, part);
+    return importRoom({ redis: this.#redis, key, limits: this.#options }, room, snapshot);
   }
 
   async ready(): Promise<boolean> {
