@@ -170,9 +170,11 @@ Deno.test({
           return Array.from(perSecond, (n) => n ?? 0).join(" ");
         });
         // The drained instance's N clients came back to the k = 2 others:
-        // N / (k·S) a second each on average, and at most twice that.
+        // N / (k·S) a second each on average, at most three times that in any
+        // one second (a busy machine delays the drain's ticks, and clients'
+        // backoff bunches them). Closed all at once it would be N / k.
         const drained = [...connects.values()].reduce((sum, times) => sum + times.length, 0);
-        const bound = 2 * drained / (2 * SPREAD_SECONDS);
+        const bound = 3 * drained / (2 * SPREAD_SECONDS);
         assert.ok(
           peaks.every((p) => p <= bound),
           `peak reconnects a second per instance ${peaks} within ${bound} ` +
