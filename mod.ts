@@ -133,6 +133,24 @@ export interface ParleySettings {
    */
   redisPrefix?: string;
   /**
+   * Sentinels to ask for the Redis primary, as `host:port`
+   * (`REDIS_SENTINELS`), with `redisSentinelName`; `redisUrl` then gives only
+   * the credentials, database and TLS.
+   * @default {undefined}
+   */
+  redisSentinels?: string[];
+  /**
+   * The name the sentinels monitor the primary under (`REDIS_SENTINEL_NAME`).
+   * @default {undefined}
+   */
+  redisSentinelName?: string;
+  /**
+   * Some nodes of a Redis Cluster, as `host:port` (`REDIS_CLUSTER`); not with
+   * `redisSentinels`.
+   * @default {undefined}
+   */
+  redisCluster?: string[];
+  /**
    * Least level of the JSON log lines (`LOG_LEVEL`).
    * @default {"info"}
    */
@@ -319,6 +337,9 @@ const VARIABLES: Readonly<Record<Exclude<keyof Config, ListenerKey>, string>> = 
   kvPath: "KV_PATH",
   redisUrl: "REDIS_URL",
   redisPrefix: "REDIS_PREFIX",
+  redisSentinels: "REDIS_SENTINELS",
+  redisSentinelName: "REDIS_SENTINEL_NAME",
+  redisCluster: "REDIS_CLUSTER",
   logLevel: "LOG_LEVEL",
   presenceTtl: "PRESENCE_TTL",
   presenceRefresh: "PRESENCE_REFRESH",

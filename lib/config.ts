@@ -8,7 +8,7 @@
  */
 
 /** The whole configuration of one Parley server. */
-export interface Config {
+export interface Config extends RedisTopologyConfig {
   /** TCP port to listen on (`PORT`, default 8000; 0 picks a free port). */
   port: number;
   /** Address to listen on (`HOSTNAME`, default `0.0.0.0`). */
@@ -105,6 +105,28 @@ export interface Config {
   authSkew: number;
 }
 
+/**
+ * Where the redis engine finds Redis when it is not the one server of
+ * `REDIS_URL`: through Sentinel, or a Redis Cluster. Each field is present
+ * only when its variable is set.
+ */
+export interface RedisTopologyConfig {
+  /**
+   * Sentinels to ask for the primary (`REDIS_SENTINELS`, comma-separated
+   * `host:port`), with `REDIS_SENTINEL_NAME`. `REDIS_URL`'s host and port are
+   * then not used; its user, password, database and `rediss:` (TLS) are.
+   */
+  redisSentinels?: string[];
+  /** The name the sentinels monitor the primary under (`REDIS_SENTINEL_NAME`). */
+  redisSentinelName?: string;
+  /**
+   * Nodes of a Redis Cluster, 7 or later (`REDIS_CLUSTER`, comma-separated
+   * `host:port`; the others are discovered). `REDIS_URL`'s user, password and
+   * `rediss:` apply to every node; its host and port are not used.
+   */
+  redisCluster?: string[];
+}
+
 /** The authentication modes: see {@linkcode Config.auth}. */
 export const AUTH_MODES = ["open", "token"] as const;
 
@@ -190,6 +212,9 @@ export const ENV_VARS = [
   "KV_PATH",
   "REDIS_URL",
   "REDIS_PREFIX",
+  "REDIS_SENTINELS",
+  "REDIS_SENTINEL_NAME",
+  "REDIS_CLUSTER",
   "LOG_LEVEL",
   "PRESENCE_TTL",
   "PRESENCE_REFRESH",
@@ -368,6 +393,90 @@ function prefix(env: EnvReader, fallback: string): string {
   return raw;
 }
 
+/**
+ * A `host:port` address (`[::1]:26379` for IPv6) as host and port, or
+ * undefined when it is not one (a port from 1 to 65535).
+ */
+export function hostPort(item: string): { host: string; port: number } | undefined {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]+)):(\d{1,5})$/.exec(item.trim());
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port < 1 || port > 65535) return undefined;
+  return { host: match[1] ?? match[2], port };
+}
+
+/**
+ * Reads `REDIS_SENTINELS`, `REDIS_SENTINEL_NAME` and `REDIS_CLUSTER`: the
+ * sentinels and their name go together; Sentinel and a cluster exclude each
+ * other; a cluster has only database 0; and all three belong to the redis
+ * engine (set with another, they were most likely meant for it).
+ */
+function redisTopology(env: EnvReader, engine: EngineName, redisUrl: string): RedisTopologyConfig {
+  const addresses = (name: string) =>
+    list(env, name, (item) => hostPort(item) !== undefined, "a comma-separated list of host:port");
+  const sentinels = addresses("REDIS_SENTINELS");
+  const cluster = addresses("REDIS_CLUSTER");
+  const name = env("REDIS_SENTINEL_NAME")?.trim() ?? "";
+  const raw = (variable: string) => env(variable)?.trim() ?? "";
+  for (
+    const [variable, set] of [
+      ["REDIS_SENTINELS", sentinels.length > 0],
+      ["REDIS_SENTINEL_NAME", name !== ""],
+      ["REDIS_CLUSTER", cluster.length > 0],
+    ] as const
+  ) {
+    if (set && engine !== "redis") {
+      throw new ConfigError(
+        variable,
+        raw(variable),
+        `unset unless ENGINE=redis (ENGINE is ${engine})`,
+      );
+    }
+  }
+  if (name !== "" && !/^[A-Za-z0-9._:-]{1,64}$/.test(name)) {
+    throw new ConfigError(
+      "REDIS_SENTINEL_NAME",
+      name,
+      "1 to 64 characters from A-Z a-z 0-9 . _ : - (the <name> of sentinel monitor <name> ...)",
+    );
+  }
+  if (sentinels.length > 0 && name === "") {
+    throw new ConfigError(
+      "REDIS_SENTINEL_NAME",
+      "",
+      "the name the sentinels monitor the primary under (sentinel monitor <name> ...), " +
+        "since REDIS_SENTINELS is set",
+    );
+  }
+  if (name !== "" && sentinels.length === 0) {
+    throw new ConfigError(
+      "REDIS_SENTINELS",
+      raw("REDIS_SENTINELS"),
+      "a comma-separated list of sentinels as host:port, since REDIS_SENTINEL_NAME is set",
+    );
+  }
+  if (cluster.length > 0 && sentinels.length > 0) {
+    throw new ConfigError(
+      "REDIS_CLUSTER",
+      raw("REDIS_CLUSTER"),
+      "unset when REDIS_SENTINELS is set: Redis is reached through Sentinel or a cluster, not both",
+    );
+  }
+  if (cluster.length > 0 && !/^rediss?:\/\/[^/]*(\/0?)?$/.test(redisUrl)) {
+    throw new ConfigError(
+      "REDIS_URL",
+      redisUrl,
+      "no database number (or /0) when REDIS_CLUSTER is set: a cluster has only database 0",
+    );
+  }
+  const topology: RedisTopologyConfig = {};
+  if (sentinels.length > 0) {
+    topology.redisSentinels = sentinels;
+    topology.redisSentinelName = name;
+  }
+  if (cluster.length > 0) topology.redisCluster = cluster;
+  return topology;
+}
+
 const isOrigin = (item: string) => {
   if (item === "*") return true;
   try {
@@ -410,6 +519,7 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
     throw new ConfigError("REDIS_URL", redisUrl, "a URL such as redis://127.0.0.1:6379");
   }
   const redisPrefix = prefix(env, d.redisPrefix);
+  const topology = redisTopology(env, engine, redisUrl);
   const historySize = integer(env, "HISTORY_SIZE", d.historySize, 1, 1_000_000);
   const presenceTtl = integer(env, "PRESENCE_TTL", d.presenceTtl, 2, 86400, "seconds");
   // Unset, the refresh stays under a shorter TTL: a third of it, so that a
@@ -477,6 +587,7 @@ export function loadConfig(env: EnvReader = (name) => Deno.env.get(name)): Confi
       "seconds",
     ),
     ...auth,
+    ...topology,
   };
 }
 

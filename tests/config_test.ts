@@ -3,6 +3,7 @@ import {
   ConfigError,
   DEFAULT_CONFIG,
   ENV_VARS,
+  hostPort,
   listenError,
   loadConfig,
   MAX_REDIS_PREFIX_LENGTH,
@@ -233,7 +234,92 @@ Deno.test("config: REDIS_PREFIX is parley: when unset, and taken as it is when v
   }
 });
 
+Deno.test("config: REDIS_SENTINELS with REDIS_SENTINEL_NAME, or REDIS_CLUSTER, for the redis engine", () => {
+  const none = loadConfig(env({ ENGINE: "redis" }));
+  assert.equal("redisSentinels" in none || "redisSentinelName" in none, false, "absent unset");
+  assert.equal("redisCluster" in none, false);
+  const sentinel = loadConfig(env({
+    ENGINE: "redis",
+    REDIS_URL: "redis://:secret@ignored:6379/2",
+    REDIS_SENTINELS: " 10.0.0.5:26379, sentinel-b.internal:26379 ,[::1]:26380",
+    REDIS_SENTINEL_NAME: " parley-main ",
+  }));
+  assert.deepEqual(sentinel.redisSentinels, [
+    "10.0.0.5:26379",
+    "sentinel-b.internal:26379",
+    "[::1]:26380",
+  ]);
+  assert.equal(sentinel.redisSentinelName, "parley-main");
+  assert.equal(
+    sentinel.redisUrl,
+    "redis://:secret@ignored:6379/2",
+    "credentials and db still read",
+  );
+  const cluster = loadConfig(env({
+    ENGINE: "redis",
+    REDIS_CLUSTER: "127.0.0.1:7000,127.0.0.1:7001",
+    REDIS_URL: "rediss://user:pw@unused/0",
+  }));
+  assert.deepEqual(cluster.redisCluster, ["127.0.0.1:7000", "127.0.0.1:7001"]);
+  assert.equal("redisSentinels" in cluster, false);
+  assert.deepEqual(hostPort("[::1]:26380"), { host: "::1", port: 26380 });
+  assert.deepEqual(hostPort("redis-a:7000"), { host: "redis-a", port: 7000 });
+  for (const wrong of ["redis-a", "redis-a:0", "redis-a:65536", ":7000", "a b:1", "::1:7000"]) {
+    assert.equal(hostPort(wrong), undefined, wrong);
+  }
+});
+
 const bad: [Record<string, string>, string, RegExp][] = [
+  [
+    { ENGINE: "redis", REDIS_SENTINELS: "10.0.0.5:26379" },
+    "REDIS_SENTINEL_NAME",
+    /^REDIS_SENTINEL_NAME="": expected the name the sentinels monitor the primary under .*since REDIS_SENTINELS is set$/,
+  ],
+  [
+    { ENGINE: "redis", REDIS_SENTINEL_NAME: "parley" },
+    "REDIS_SENTINELS",
+    /^REDIS_SENTINELS="": expected a comma-separated list of sentinels as host:port, since REDIS_SENTINEL_NAME is set$/,
+  ],
+  [
+    { ENGINE: "redis", REDIS_SENTINELS: "10.0.0.5:26379,10.0.0.6", REDIS_SENTINEL_NAME: "p" },
+    "REDIS_SENTINELS",
+    /^REDIS_SENTINELS="10.0.0.5:26379,10.0.0.6": expected a comma-separated list of host:port; "10.0.0.6" is not$/,
+  ],
+  [
+    { ENGINE: "redis", REDIS_SENTINELS: "10.0.0.5:26379", REDIS_SENTINEL_NAME: "my master" },
+    "REDIS_SENTINEL_NAME",
+    /^REDIS_SENTINEL_NAME="my master": expected 1 to 64 characters/,
+  ],
+  [
+    { ENGINE: "redis", REDIS_CLUSTER: "10.0.0.9:7000:1" },
+    "REDIS_CLUSTER",
+    /REDIS_CLUSTER="10.0.0.9:7000:1": expected a comma-separated list of host:port/,
+  ],
+  [
+    {
+      ENGINE: "redis",
+      REDIS_CLUSTER: "10.0.0.9:7000",
+      REDIS_SENTINELS: "10.0.0.5:26379",
+      REDIS_SENTINEL_NAME: "p",
+    },
+    "REDIS_CLUSTER",
+    /^REDIS_CLUSTER="10.0.0.9:7000": expected unset when REDIS_SENTINELS is set/,
+  ],
+  [
+    { ENGINE: "redis", REDIS_CLUSTER: "10.0.0.9:7000", REDIS_URL: "redis://10.0.0.9:7000/3" },
+    "REDIS_URL",
+    /^REDIS_URL="redis:\/\/10.0.0.9:7000\/3": expected no database number \(or \/0\) when REDIS_CLUSTER is set/,
+  ],
+  [
+    { REDIS_CLUSTER: "10.0.0.9:7000" },
+    "REDIS_CLUSTER",
+    /^REDIS_CLUSTER="10.0.0.9:7000": expected unset unless ENGINE=redis \(ENGINE is memory\)$/,
+  ],
+  [
+    { ENGINE: "kv", REDIS_SENTINELS: "10.0.0.5:26379", REDIS_SENTINEL_NAME: "p" },
+    "REDIS_SENTINELS",
+    /expected unset unless ENGINE=redis \(ENGINE is kv\)$/,
+  ],
   [{ PORT: "abc" }, "PORT", /^PORT="abc": expected an integer port from 0 to 65535$/],
   [{ PORT: "65536" }, "PORT", /65535/],
   [{ PORT: "-1" }, "PORT", /PORT="-1"/],

@@ -65,7 +65,8 @@ export async function redisSkipReason(file: string): Promise<string | undefined>
   return reason;
 }
 
-function freePort(): number {
+/** A free TCP port on 127.0.0.1 (free when probed: bind it soon). */
+export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { port } = listener.addr as Deno.NetAddr;
   listener.close();
@@ -73,7 +74,7 @@ function freePort(): number {
 }
 
 /** Sends PING on a raw connection; true on `+PONG`. */
-async function ping(port: number): Promise<boolean> {
+export async function ping(port: number): Promise<boolean> {
   let conn: Deno.TcpConn | undefined;
   try {
     conn = await Deno.connect({ hostname: "127.0.0.1", port });

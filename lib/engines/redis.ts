@@ -33,13 +33,14 @@
  *   append's outcome is unknown, and a resend with the same `cid` is safe.
  *
  * Keys are `<prefix>{<room>}:<name>` (see `_scripts.ts`): the hash tag keeps
- * a room's keys in one slot, as Lua scripts need on a Redis Cluster.
+ * a room's keys, and its channel, in one slot, as Lua scripts need on a Redis
+ * Cluster. Redis is one server, a primary found and followed through Sentinel,
+ * or a cluster, whose fan-out is sharded pub/sub (see `redis/_connect.ts`).
  *
  * @module
  */
 
 import type { Buffer } from "node:buffer";
-import { Redis } from "ioredis";
 import type {
   AppendResult,
   Engine,
@@ -55,7 +56,6 @@ import { type Logger, silentLogger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import type { Member, Position } from "../protocol.ts";
 import { newEpoch } from "./memory.ts";
-import { importRoom } from "./redis/_migrate.ts";
 import { EngineMetrics, since } from "./_metrics.ts";
 import { Batches, type BatchLimits } from "./_batches.ts";
 import { checkBanEnd, copyMember, copySignal } from "./_shapes.ts";
@@ -72,7 +72,17 @@ import {
   toBuffer,
   traitsOf,
 } from "./redis/_codec.ts";
+import { importRoom } from "./redis/_migrate.ts";
 import { type PresenceSnapshot, PresenceView } from "./redis/_presence_view.ts";
+import {
+  type Client,
+  type Connections,
+  describeTopology,
+  DISCONNECT_MS,
+  openConnections,
+  shut,
+  topologyOf,
+} from "./redis/_connect.ts";
 import {
   APPEND_LUA,
   HISTORY_LUA,
@@ -80,12 +90,29 @@ import {
   READ_LUA,
   type Script,
   script,
+  sharded,
 } from "./redis/_scripts.ts";
 
 /** Options of {@linkcode RedisEngine}; a Parley `Config` has all the required ones. */
 export interface RedisEngineOptions {
-  /** The Redis server, such as `redis://127.0.0.1:6379`. */
+  /**
+   * The Redis server, such as `redis://127.0.0.1:6379`. With Sentinel or a
+   * cluster, only its user, password, database (Sentinel) and `rediss:`
+   * (TLS) are used.
+   */
   redisUrl: string;
+  /**
+   * Sentinels (`host:port`) to ask for the primary named
+   * `redisSentinelName`; the engine follows a failover by itself.
+   */
+  redisSentinels?: string[];
+  /** The name the sentinels monitor the primary under; with `redisSentinels`. */
+  redisSentinelName?: string;
+  /**
+   * Some nodes (`host:port`) of a Redis Cluster (7 or later: fan-out is
+   * sharded pub/sub); the others are discovered. Not with `redisSentinels`.
+   */
+  redisCluster?: string[];
   /** Messages kept per room. */
   historySize: number;
   /** Bytes kept per room (text and file contents). */
@@ -207,36 +234,6 @@ interface LocalEntry {
   expires: number;
 }
 
-/** How long a closing socket may take before it is destroyed. */
-const DISCONNECT_MS = 50;
-
-/** Closes a client for good and waits until its socket and timers are gone. */
-async function shut(client: Redis): Promise<void> {
-  const ended = () =>
-    new Promise<void>((resolve) => {
-      if (client.status === "end") resolve();
-      else client.once("end", () => resolve());
-    });
-  if (client.status === "ready") {
-    const done = ended();
-    try {
-      await client.quit();
-      await done;
-      return;
-    } catch {
-      // Not answered: disconnect below.
-    }
-  }
-  if (client.status === "end") return;
-  const live = client.status === "connecting" || client.status === "connect" ||
-    client.status === "ready";
-  // Between attempts there is no socket to wait for, only the client's timer
-  // that destroys the previous one.
-  const done = live ? ended() : new Promise((resolve) => setTimeout(resolve, DISCONNECT_MS + 10));
-  client.disconnect();
-  await done;
-}
-
 /** The prefix of keys and channels when none is given. */
 export const DEFAULT_PREFIX = "parley:";
 
@@ -267,10 +264,12 @@ export class RedisEngine implements Engine {
   #commandTimeoutMs: number;
   /** How long members stay after the presence keys were lost, while instances put theirs back. */
   #graceMs: number;
+  /** Both connections, for the topology (one server, Sentinel or a cluster). */
+  #link: Connections;
   /** Commands. */
-  #redis: Redis;
+  #redis: Client;
   /** Pub/sub only. */
-  #sub: Redis;
+  #sub: Client;
   #scripts: Scripts;
   /** Appends waiting for their room's batch. */
   #appends: Batches<AppendEntry, AppendReply>;
@@ -311,21 +310,14 @@ export class RedisEngine implements Engine {
     const maxRetryMs = options.maxRetryMs ?? 1000;
     // Every instance notices lost keys within a sweep, or when it reconnects.
     this.#graceMs = 2 * (options.sweepMs ?? 2000) + maxRetryMs;
-    const common = {
-      lazyConnect: true,
-      protocol: 2 as const,
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      autoResendUnfulfilledCommands: false,
-      autoResubscribe: false,
+    this.#link = openConnections(topologyOf(options), {
       commandTimeout: this.#commandTimeoutMs,
-      connectTimeout: this.#commandTimeoutMs,
       disconnectTimeout: DISCONNECT_MS,
       retryStrategy: (attempt: number) =>
         Math.min(maxRetryMs, 50 * 2 ** Math.min(attempt, 10)) + Math.floor(Math.random() * 50),
-    };
-    this.#redis = new Redis(options.redisUrl, { ...common, connectionName: "parley" });
-    this.#sub = new Redis(options.redisUrl, { ...common, connectionName: "parley-sub" });
+    });
+    this.#redis = this.#link.commands;
+    this.#sub = this.#link.subscriber;
     for (const [client, name] of [[this.#redis, "commands"], [this.#sub, "subscriber"]] as const) {
       client.on("error", (error: Error) => {
         this.#log.debug("redis_error", { connection: name, error: String(error) });
@@ -343,13 +335,15 @@ export class RedisEngine implements Engine {
         }
       });
     }
-    this.#sub.on("close", () => {
-      this.#subActive = false;
-      this.#generation++;
-      for (const feed of this.#feeds.values()) this.#markStale(feed);
-    });
+    this.#sub.on("close", () => this.#subscriberLost());
     this.#sub.on("ready", () => this.#resubscribe());
-    this.#sub.on("messageBuffer", (channel: Buffer, payload: Buffer) => {
+    // A cluster's shard subscribers come and go under a subscriber that stays ready.
+    this.#link.onShards(() => {
+      if (this.#closed) return;
+      this.#log.warn("redis_shard_subscriber_lost", {});
+      this.#subscriberLost();
+    }, () => this.#resubscribe());
+    this.#link.onMessage((channel: Buffer, payload: Buffer) => {
       this.#receive(channel.toString(), payload);
     });
   }
@@ -363,11 +357,13 @@ export class RedisEngine implements Engine {
     options: RedisEngineOptions,
     logger: Logger = silentLogger,
   ): Promise<RedisEngine> {
+    // A cluster's fan-out is sharded pub/sub, published by the same scripts.
+    const publishing = topologyOf(options).kind === "cluster" ? sharded : (lua: string) => lua;
     const scripts = {
-      append: await script(APPEND_LUA),
+      append: await script(publishing(APPEND_LUA)),
       read: await script(READ_LUA),
       history: await script(HISTORY_LUA),
-      presence: await script(PRESENCE_LUA),
+      presence: await script(publishing(PRESENCE_LUA)),
     };
     const engine = new RedisEngine(options, logger, scripts);
     await engine.#start(options.connectWaitMs ?? 5000);
@@ -388,7 +384,7 @@ export class RedisEngine implements Engine {
       connected.catch(() => {});
       this.#down = true;
       this.#log.error("redis_unavailable", {
-        url: this.#options.redisUrl.replace(/\/\/[^@/]*@/, "//***@"),
+        redis: describeTopology(this.#link.topology),
         error: String(error),
       });
     } finally {
@@ -558,7 +554,7 @@ export class RedisEngine implements Engine {
 
   async signal(room: string, event: Signal): Promise<void> {
     const payload = JSON.stringify(copySignal(event));
-    await this.#redis.publish(this.#channel(room), `T${payload}`);
+    await this.#link.publish(this.#channel(room), `T${payload}`);
   }
 
   async subscribe(room: string, listener: Listener): Promise<Unsubscribe> {
@@ -613,7 +609,7 @@ export class RedisEngine implements Engine {
     while (true) {
       try {
         await this.#whenActive(deadline - Date.now());
-        await this.#sub.subscribe(feed.channel);
+        await this.#link.subscribe([feed.channel]);
         break;
       } catch (error) {
         // The socket may be dead before the client noticed: look again shortly.
@@ -641,7 +637,7 @@ export class RedisEngine implements Engine {
     feed.queue = [];
     for (const waiter of [...feed.waiters]) waiter.done(false);
     if (this.#sub.status === "ready" && !this.#closed) {
-      this.#sub.unsubscribe(feed.channel).catch(() => {});
+      this.#link.unsubscribe(feed.channel).catch(() => {});
     }
   }
 
@@ -651,13 +647,20 @@ export class RedisEngine implements Engine {
     if (feed.view) feed.view.stale = true;
   }
 
+  /** The subscriber (or a shard's) went away: what comes until it is back may be missed. */
+  #subscriberLost() {
+    this.#subActive = false;
+    this.#generation++;
+    for (const feed of this.#feeds.values()) this.#markStale(feed);
+  }
+
   /** After the subscriber reconnected: subscribe again, then fill every feed's gap. */
   async #resubscribe() {
     if (this.#closed) return;
     const feeds = [...this.#feeds.values()];
     for (const feed of feeds) this.#markStale(feed);
     try {
-      if (feeds.length > 0) await this.#sub.subscribe(...feeds.map((f) => f.channel));
+      if (feeds.length > 0) await this.#link.subscribe(feeds.map((f) => f.channel));
     } catch (error) {
       // The next `ready` tries again.
       this.#log.warn("redis_resubscribe_failed", { error: String(error) });
@@ -876,6 +879,8 @@ export class RedisEngine implements Engine {
 
   #tick() {
     if (this.#closed || this.#redis.status !== "ready") return;
+    // A resubscription that failed while the subscriber stayed connected.
+    if (!this.#subActive && this.#sub.status === "ready") this.#resubscribe();
     for (const feed of this.#feeds.values()) {
       if (!feed.ready) continue;
       if (feed.stale || feed.view!.stale) this.#pump(feed);
@@ -1004,7 +1009,7 @@ export class RedisEngine implements Engine {
   async ready(): Promise<boolean> {
     if (this.#closed || this.#sub.status !== "ready" || !this.#subActive) return false;
     try {
-      return await this.#redis.ping() === "PONG";
+      return await this.#link.ping();
     } catch {
       return false;
     }

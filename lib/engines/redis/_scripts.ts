@@ -433,3 +433,12 @@ export async function script(lua: string): Promise<Script> {
   const sha = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
   return { lua, sha };
 }
+
+/**
+ * The same script publishing with `SPUBLISH`, for a Redis Cluster: a shard
+ * channel lives on the shard of its slot, and a room's channel has the
+ * room's hash tag, so it is published where the script runs.
+ */
+export function sharded(lua: string): string {
+  return lua.replaceAll("redis.call('PUBLISH',", "redis.call('SPUBLISH',");
+}
