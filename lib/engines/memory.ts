@@ -247,7 +247,9 @@ export class MemoryEngine implements Engine {
   }
 
   history(name: string, before: number, limit: number): Promise<HistoryPage> {
-    const room = this.#room(name);
+    const room = this.#rooms.get(name);
+    // Reading a room that never was creates nothing (a file URL with a made-up room).
+    if (!room) return Promise.resolve({ epoch: newEpoch(), messages: [], more: false });
     const messages: StoredMessage[] = [];
     let i = room.log.length - 1;
     for (; i >= room.start && messages.length < limit; i--) {
