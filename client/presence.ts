@@ -31,9 +31,12 @@ export class Roster {
     return this.#members;
   }
 
-  /** Members in the room: the server's count (at least those listed). */
+  /**
+   * Members in the room: the server's count (at least those listed, unless
+   * count-only updates came: those listed may have left since).
+   */
   get count(): number {
-    return Math.max(this.#count, this.#members.size);
+    return this.#stale ? this.#count : Math.max(this.#count, this.#members.size);
   }
 
   /**

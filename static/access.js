@@ -8,8 +8,6 @@
  * @module
  */
 
-import { isObject, readMember } from "./wire.js";
-
 /** @typedef {import("./wire.js").Member} Member */
 /**
  * A member removed from the room. `by` is null when the server API did it;
@@ -181,26 +179,6 @@ export function describeRefusal(ending, when = (ms) => formatWhen(ms)) {
   if (/banned/.test(text)) return "You can't join this room for now.";
   if (/does not allow the room/.test(text)) return "Your invite does not include this room.";
   return "You are not allowed in this room.";
-}
-
-/**
- * Reads a `kick` envelope.
- *
- * @param {unknown} value
- * @returns {Kick | null} Null when it is not a well-formed one.
- */
-export function readKick(value) {
-  if (!isObject(value) || value.type !== "kick") return null;
-  const member = readMember(value.member);
-  if (!member) return null;
-  /** @type {Kick} */
-  const kick = {
-    member,
-    by: readMember(value.by),
-    reason: typeof value.reason === "string" ? value.reason.trim() : "",
-  };
-  if (typeof value.until === "number" && Number.isFinite(value.until)) kick.until = value.until;
-  return kick;
 }
 
 /**

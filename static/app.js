@@ -1,20 +1,19 @@
 // @ts-check
 /**
- * The Parley chat page: one rich-mode (`parley.v1`) WebSocket per open room,
- * resumable history, exactly-once resends and files.
+ * The Parley chat page: the UI of one room at a time, on the client SDK
+ * (`parley-client.js`), which does the protocol: joining and resuming,
+ * reconnecting, the outbox and its resends, presence, typing, scroll-back.
  *
- * User content reaches the DOM only through `textContent` and safe attributes.
- * What the page does with edits, deletes, replies, typing and scroll-back
- * without the DOM lives in `lifecycle.js`, `typing.js` and `scrollback.js`;
- * invite tokens, refusals and moderation wording in `access.js`; the member
- * list, presence and member pages in `roster.js`.
- *
- * The page asks for `batch` frames: each holds envelopes that would otherwise
- * have come one by one, and is handled exactly as those would have been.
+ * This module renders what the SDK reports, takes what people type and drop,
+ * and keeps what they see and type (the conversation and drafts) across
+ * reloads. User content reaches the DOM only through `textContent` and safe
+ * attributes (links: see `text.js`). Wording of refusals lives in
+ * `access.js` and `lifecycle.js`.
  *
  * @module
  */
 
+import { ParleyClient, WebStorage } from "./parley-client.js";
 import {
   BAN_MINUTES,
   describeKick,
@@ -23,105 +22,81 @@ import {
   MAX_REASON_LENGTH,
   nickProblem,
   nickRefusal,
-  readKick,
   refusalCloseCode,
   tokenFromHash,
 } from "./access.js";
-import { applyChange, ChangeMemory, quoteOf, readChange, refusal } from "./lifecycle.js";
-import {
-  describePresence,
-  MEMBERS_TIMEOUT_MS,
-  readMembersPage,
-  readPresence,
-  Roster,
-} from "./roster.js";
-import { ANSWER_TIMEOUT_MS, readHistoryPage, ScrollBack } from "./scrollback.js";
-import { describeTyping, Throttle, TypingList } from "./typing.js";
+import { applyChange, quoteOf, refusal } from "./lifecycle.js";
+import { describePresence } from "./roster.js";
+import { fillText } from "./text.js";
+import { describeTyping, TypingList } from "./typing.js";
 import { codePoints, isId, isObject, readMember } from "./wire.js";
 
 /** @typedef {import("./wire.js").Member} Member */
-/** @typedef {ReturnType<typeof setTimeout>} Timer */
 /**
- * A file as shown in the list. `url` is a blob: URL owned by the entry.
- * `unloaded` marks a file from a scroll-back page, which brings no bytes.
+ * A file as shown in the list. `url` is a blob: URL owned by the entry, or
+ * the server's URL of a stored file. `unloaded` marks a file from a
+ * scroll-back page, which brings no bytes.
  * @typedef {{ name: string, mime: string, size: number, omitted?: boolean, url?: string,
  *   gone?: boolean, missing?: boolean, unloaded?: boolean }} FileInfo
  */
 /**
- * A message of the room, text or file, in server order. `edited` is the time
- * of its latest edit; a deleted one keeps neither text nor file, and is
- * `moderated` when someone other than its author deleted it. A `note` is no
- * message but something that happened (a member was removed), shown after
+ * A message of the room, text or file, in server order. A `note` is no
+ * message but something that happened (someone joined, a gap), shown after
  * the message it followed and never stored.
  * @typedef {{ key: string, id: number, epoch: string, ts: number, from: Member | null,
  *   cid: string, text?: string, file?: FileInfo, stray?: boolean, replyTo?: number,
- *   edited?: number, deleted?: boolean, moderated?: boolean, note?: string }} Entry
+ *   edited?: number, deleted?: boolean, moderated?: boolean, note?: string,
+ *   gap?: boolean }} Entry
  */
 /**
- * A message of ours that the server has not acked yet. `reply` is the message
- * it answers, in the epoch it was chosen in.
- * @typedef {{ cid: string, ts: number, text?: string,
- *   file?: { name: string, mime: string, size: number, data: ArrayBuffer, url: string },
- *   reply?: { id: number, epoch: string },
- *   sentOn: WebSocket | null, attempts: number, failed?: string }} Outgoing
+ * An outbox item of the SDK, as far as the page reads it.
+ * @typedef {{ cid: string, kind: "message" | "file" | "edit" | "delete", text?: string,
+ *   replyTo?: { epoch: string, id: number }, target?: { epoch: string, id: number },
+ *   file?: { name: string, mime: string, size: number, data: Uint8Array },
+ *   createdAt: number }} Item
  */
 /**
- * An edit or delete of ours in flight. Once acked (`acked` holds the id of
- * its entry) it stays until that entry arrives, so the old text never flashes.
- * @typedef {{ cid: string, kind: "edit" | "delete", target: number, epoch: string,
- *   text?: string, sentOn: WebSocket | null, acked?: number }} PendingChange
+ * A message of ours that failed for good: shown with Retry and Delete.
+ * @typedef {{ item: Item, reason: string }} Failed
  */
 /**
- * Everything the page knows about one room. `head` is the newest id the
- * welcome named; `late` holds changes to messages not loaded.
- * @typedef {{ name: string, epoch: string | null, lastId: number, head: number,
- *   entries: Entry[], keys: Map<string, Entry>, outbox: Outgoing[],
- *   changes: PendingChange[], older: ScrollBack, late: ChangeMemory,
- *   saveTimer: Timer | undefined }} RoomState
+ * Everything the page knows about one room. `epochs` lists the epochs seen,
+ * oldest first: a restarted server's new ids come after the old ones.
+ * @typedef {{ name: string, epoch: string | null, epochs: string[], head: number,
+ *   entries: Entry[], keys: Map<string, Entry>, failed: Failed[], more: boolean | null,
+ *   loadingOlder: boolean, settling: Map<string, Item>,
+ *   saveTimer: ReturnType<typeof setTimeout> | undefined }} RoomState
  */
 /**
  * What the message box is for besides a new message.
  * @typedef {{ kind: "reply", key: string } | { kind: "edit", key: string, draft: string }} ComposeMode
  */
-/**
- * A `file` envelope whose binary frame has not arrived yet. `entry` is null when
- * the bytes are already known (our own file, or a duplicate) and are dropped.
- * Alone, a `file` is followed by its bytes at once; a batch frame is followed by
- * the bytes of each of its files that is not `omitted`, in order.
- * @typedef {{ epoch: string, id: number, entry: Entry | null }} ExpectedFile
- */
 
-const SUBPROTOCOL = "parley.v1";
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const CLIENT_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
 const MIME_PATTERN = /^[\w.+-]+\/[\w.+-]+$/;
 const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
 const MAX_FILE_NAME_LENGTH = 255;
-/** The server's default MAX_MESSAGE_BYTES; a larger file would be refused anyway. */
+/** The server's default MAX_MESSAGE_BYTES, until a welcome says the limit. */
 const MAX_FILE_BYTES = 2 * 1024 * 1024;
-const BACKOFF_BASE_MS = 500;
-const BACKOFF_CAP_MS = 15_000;
-/** A connection must stay up this long after `welcome` before backoff starts over. */
-const STABLE_MS = 5_000;
-const PING_EVERY_MS = 20_000;
-const PONG_TIMEOUT_MS = 15_000;
-/** Wait before resending a message the server could not take right now. */
-const RETRY_MS = 1_000;
-/** Connections that may die under an unacked message before it is given up. */
-const MAX_SEND_ATTEMPTS = 5;
 const MEMORY_ENTRIES = 1000;
 const STORED_ENTRIES = 200;
-const STATE_WORDS = ["connecting", "open", "closing", "closed"];
 const READ_ONLY_WORDS = "This room is read-only for you.";
 const RECOVERY_NOTICE = "Could not resume: some messages may be missing.";
-/** Typing signals sent at most this often while someone types on. */
-const TYPING_EVERY_MS = 3_000;
-/** The server drops a connection's typing signals closer together than this. */
-const SERVER_TYPING_INTERVAL_MS = 2_000;
-/** How long an indicator lasts when the server does not say. */
-const DEFAULT_TYPING_TTL_MS = 6_000;
-/** Error codes after which the same envelope may succeed later (older servers omit `retry`). */
-const TRANSIENT_ERRORS = new Set(["rate_limited", "unavailable"]);
+const GAP_WORDS = "Some messages may be missing here.";
+/** The counter shows once a message is this share of the limit. */
+const COUNTER_FROM = 0.8;
+/** A message continues its author's group when it follows within this many ms. */
+const GROUP_MS = 5 * 60_000;
+/** Messages put into the page per animation frame: a burst stays smooth. */
+const FLUSH_MAX = 20;
+/** Ids of one epoch stay below this, so that (epoch, id) sorts as one number. */
+const EPOCH_SPAN = 2 ** 40;
+
+// Made once: a format made per call (`toLocaleTimeString`) costs half a millisecond.
+const TIME_FORMAT = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const FULL_FORMAT = new Intl.DateTimeFormat([], { dateStyle: "short", timeStyle: "medium" });
+const DAY_FORMAT = new Intl.DateTimeFormat([], { weekday: "long", month: "long", day: "numeric" });
 
 // ---------------------------------------------------------------- DOM
 
@@ -158,6 +133,7 @@ const ui = {
   composeCancel: byId("compose-cancel", HTMLButtonElement),
   compose: byId("compose", HTMLFormElement),
   text: byId("text", HTMLTextAreaElement),
+  counter: byId("counter", HTMLElement),
   send: byId("send", HTMLButtonElement),
   file: byId("file", HTMLInputElement),
   membersPanel: byId("members-panel", HTMLElement),
@@ -182,6 +158,13 @@ const ui = {
   removeMinutes: byId("remove-minutes", HTMLSelectElement),
   removeReason: byId("remove-reason", HTMLInputElement),
   removeCancel: byId("remove-cancel", HTMLButtonElement),
+  jump: byId("jump", HTMLButtonElement),
+  copyLink: byId("copy-link", HTMLButtonElement),
+  lightbox: byId("lightbox", HTMLDialogElement),
+  lightboxImage: byId("lightbox-image", HTMLImageElement),
+  lightboxCaption: byId("lightbox-caption", HTMLElement),
+  welcome: byId("welcome", HTMLElement),
+  welcomeClose: byId("welcome-close", HTMLButtonElement),
 };
 
 // ---------------------------------------------------------------- storage
@@ -202,30 +185,29 @@ function load(storage, key) {
 /**
  * @param {Storage} storage
  * @param {string} key
- * @param {string} value
+ * @param {string | null} value null removes the key.
  */
 function store(storage, key, value) {
   try {
-    storage.setItem(key, value);
+    if (value === null) storage.removeItem(key);
+    else storage.setItem(key, value);
   } catch {
     // quota or disabled storage: forgetting is better than failing
   }
 }
 
 /**
- * @param {number} length
+ * The client id is shared by every tab of this browser (one member), so it
+ * lives in localStorage; what one tab saw and has not sent lives in its
+ * sessionStorage, which a reload keeps.
+ *
  * @returns {string}
  */
-function randomId(length) {
-  const bytes = crypto.getRandomValues(new Uint8Array(length));
-  return Array.from(bytes, (b) => ID_ALPHABET[b & 63]).join("");
-}
-
-/** @returns {string} */
 function loadClientId() {
   const saved = load(localStorage, "parley.client");
   if (saved && CLIENT_PATTERN.test(saved)) return saved;
-  const fresh = randomId(16);
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  const fresh = Array.from(bytes, (b) => ID_ALPHABET[b & 63]).join("");
   store(localStorage, "parley.client", fresh);
   return fresh;
 }
@@ -253,6 +235,11 @@ function loadNick() {
   return saved !== null && nickProblem(saved) === null ? saved.trim() : null;
 }
 
+/** @param {string} room */
+function draftKey(room) {
+  return `parley.draft.${room}`;
+}
+
 // ---------------------------------------------------------------- state
 
 /**
@@ -274,18 +261,16 @@ function pathOfRoom(room) {
 
 /** @type {Map<string, RoomState>} */
 const rooms = new Map();
-/** The members of the current room. */
-const members = new Roster();
-/** @type {Set<string>} Members removed by a moderator whose leave, still to come, goes unsaid. */
-const kicked = new Set();
 /** @type {Map<string, HTMLLIElement>} entry key to its element, for the current room */
 const elements = new Map();
-/** @type {Map<string, HTMLLIElement>} cid to the element of a pending message */
+/** @type {Map<string, HTMLLIElement>} cid to the element of a pending or failed message */
 const pendingElements = new Map();
+/** @type {Map<string, string>} cid to the blob: URL of a file of ours being sent */
+const pendingUrls = new Map();
 
 const state = {
   room: roomFromPath(location.pathname),
-  client: loadClientId(),
+  clientId: loadClientId(),
   /** The invite token, sent in every hello; null in open mode. */
   token: takeToken(),
   /** True once a welcome accepted the token: a later 4401 means it expired. */
@@ -293,33 +278,21 @@ const state = {
   nick: loadNick(),
   /** A hello was refused for its nickname: the socket waits for another one. */
   needNick: false,
-  /** @type {string | null} A `nick` sent while joined and not answered yet. */
+  /** @type {string | null} A rename sent and not answered yet. */
   renaming: null,
-  /** A per-load prefix so cids never repeat for this client, even across reloads. */
-  cidPrefix: randomId(8),
-  cidCount: 0,
-  /** @type {WebSocket | null} */
+  /** @type {ParleyClient | null} The SDK's client of the current room. */
+  client: null,
+  /** @type {WebSocket | null} The client's current socket (tests read it). */
   ws: null,
   joined: false,
   /** @type {Member | null} */
   me: null,
-  /** @type {ExpectedFile[]} Binary frames to come, in order: a batch announces several. */
-  expectedFiles: [],
-  attempt: 0,
-  /** @type {Timer | undefined} */
-  reconnectTimer: undefined,
-  /** @type {Timer | undefined} */
-  stableTimer: undefined,
-  /** @type {ReturnType<typeof setInterval> | undefined} */
-  pingTimer: undefined,
-  pingSentAt: 0,
-  lastFrameAt: 0,
-  /** True while the page is being left: no reconnect. */
-  leaving: false,
-  /** True when the server closed normally (1000): wait for the user. */
-  stopped: false,
+  /** @type {import("../client/mod.ts").Status | { state: "idle" }} */
+  status: { state: "idle" },
   /** @type {string | null} Why the server refused us (4401, 4403): no reconnecting. */
   refused: null,
+  /** The detail of the last in-band refusal, such as "token expired". */
+  refusalDetail: "",
   /** @type {"write" | "read"} What we may do in the room, from `welcome`. */
   access: "write",
   /** True when we moderate the room: Delete on every message, Remove on members. */
@@ -328,20 +301,24 @@ const state = {
   removing: null,
   /** @type {Map<string, string>} cid of a kick sent to the nickname it removes */
   kicks: new Map(),
+  membersLoading: false,
+  /** The last page of members said more follow (and nothing made the list stale since). */
+  membersMore: false,
   noteCount: 0,
-  reconnectWhenVisible: false,
   strayCount: 0,
   /** @type {ComposeMode | null} */
   compose: null,
   /** @type {number | null} The longest text the server takes, from `welcome`. */
   maxText: null,
-  typingTtl: DEFAULT_TYPING_TTL_MS,
+  /** The largest frame the server takes, from `welcome`. */
+  maxBytes: MAX_FILE_BYTES,
+  /** @type {ReturnType<typeof setInterval> | undefined} Counts down "Reconnecting in". */
+  countdown: undefined,
 };
 
 const typists = new TypingList(() => {
   ui.typing.textContent = describeTyping(typists.members);
 });
-const typingSignal = new Throttle(TYPING_EVERY_MS);
 
 /**
  * @param {string} name
@@ -362,8 +339,8 @@ function currentRoom() {
 }
 
 /**
- * Reads a room's last position and recent messages from sessionStorage, so a
- * reload resumes where it was.
+ * Reads a room's recent messages from sessionStorage, so a reload shows
+ * them at once (the SDK resumes after the last one).
  *
  * @param {string} name
  * @returns {RoomState}
@@ -373,29 +350,31 @@ function restoreRoom(name) {
   const room = {
     name,
     epoch: null,
-    lastId: 0,
+    epochs: [],
     head: 0,
     entries: [],
     keys: new Map(),
-    outbox: [],
-    changes: [],
-    older: new ScrollBack(),
-    late: new ChangeMemory(),
+    failed: [],
+    more: null,
+    loadingOlder: false,
+    settling: new Map(),
     saveTimer: undefined,
   };
   try {
     const saved = JSON.parse(load(sessionStorage, `parley.room.${name}`) ?? "null");
-    if (!saved || typeof saved.epoch !== "string" || !Number.isSafeInteger(saved.last)) {
-      return room;
-    }
-    room.epoch = saved.epoch;
-    room.lastId = saved.last;
+    if (!saved || !Array.isArray(saved.epochs)) return room;
+    room.epochs = saved.epochs.filter((/** @type {unknown} */ e) => typeof e === "string");
+    room.epoch = room.epochs.at(-1) ?? null;
+    room.head = isId(saved.head) ? saved.head : 0;
     for (const raw of Array.isArray(saved.entries) ? saved.entries : []) {
-      const entry = readEntry(raw, saved.epoch);
-      if (!entry || room.keys.has(entry.key)) continue;
-      // Its bytes came over the socket before the reload; the server keeps them too.
-      if (entry.file && !entry.file.omitted) {
-        if (state.token === null) entry.file.url = storedFileUrl(name, saved.epoch, entry.id);
+      const entry = readEntry(raw);
+      if (!entry || room.keys.has(entry.key) || !room.epochs.includes(entry.epoch)) continue;
+      if (raw.gap === true) {
+        entry.note = GAP_WORDS;
+        entry.gap = true;
+      } else if (entry.file && !entry.file.omitted) {
+        // Its bytes came over the socket before the reload; the server keeps them too.
+        if (state.token === null) entry.file.url = storedFileUrl(name, entry.epoch, entry.id);
         else {
           entry.file.gone = true; // until fetched
           fetchStored(room, entry);
@@ -404,7 +383,7 @@ function restoreRoom(name) {
       room.entries.push(entry);
       room.keys.set(entry.key, entry);
     }
-    room.entries.sort((a, b) => a.id - b.id);
+    room.entries.sort((a, b) => order(room, a) - order(room, b));
   } catch {
     // a damaged record is as good as none
   }
@@ -460,13 +439,15 @@ function saveRoom(room) {
   clearTimeout(room.saveTimer);
   room.saveTimer = undefined;
   if (room.epoch === null) return;
-  const kept = room.entries.filter((e) => !e.stray && e.note === undefined);
+  const kept = room.entries.filter((e) => !e.stray && (e.note === undefined || e.gap));
   const entries = kept.slice(-STORED_ENTRIES).map((e) => ({
     id: e.id,
+    epoch: e.epoch,
     ts: e.ts,
     from: e.from,
     cid: e.cid,
     text: e.text,
+    gap: e.gap,
     reply_to: e.replyTo,
     edited: e.edited,
     deleted: e.deleted,
@@ -478,7 +459,7 @@ function saveRoom(room) {
       omitted: e.file.omitted,
     },
   }));
-  const record = { epoch: room.epoch, last: room.lastId, entries };
+  const record = { epochs: room.epochs, head: room.head, entries };
   store(sessionStorage, `parley.room.${room.name}`, JSON.stringify(record));
 }
 
@@ -486,35 +467,37 @@ function saveAll() {
   for (const room of rooms.values()) saveRoom(room);
 }
 
-// ---------------------------------------------------------------- envelopes
+// ---------------------------------------------------------------- entries
 
 /**
- * Reads a `message` or `file` envelope (or a stored entry) into an entry.
+ * Reads a stored entry.
  *
  * @param {unknown} value
- * @param {string} [epoch] Used when the value has none (stored entries).
  * @returns {Entry | null}
  */
-function readEntry(value, epoch) {
+function readEntry(value) {
   if (!isObject(value)) return null;
-  const id = value.id;
-  const theEpoch = typeof value.epoch === "string" ? value.epoch : epoch;
-  if (typeof id !== "number" || !Number.isSafeInteger(id) || typeof theEpoch !== "string") {
+  const { id, epoch } = value;
+  if (typeof id !== "number" || !Number.isSafeInteger(id) || typeof epoch !== "string") {
     return null;
   }
   /** @type {Entry} */
   const entry = {
-    key: entryKey(theEpoch, id),
+    key: entryKey(epoch, id),
     id,
-    epoch: theEpoch,
+    epoch,
     ts: typeof value.ts === "number" ? value.ts : Date.now(),
     from: readMember(value.from),
     cid: typeof value.cid === "string" ? value.cid : "",
   };
+  if (value.gap === true) {
+    entry.key = `gap:${epoch}:${id}`;
+    return entry;
+  }
   if (isId(value.reply_to)) entry.replyTo = value.reply_to;
   if (value.deleted === true) {
     entry.deleted = true;
-    if (value.moderated === true) entry.moderated = true; // a stored entry
+    if (value.moderated === true) entry.moderated = true;
     return entry;
   }
   if (typeof value.text === "string") {
@@ -522,8 +505,8 @@ function readEntry(value, epoch) {
     if (typeof value.edited === "number") entry.edited = value.edited;
     return entry;
   }
-  const file = isObject(value.file) ? value.file : value;
-  if (typeof file.name === "string") {
+  const file = value.file;
+  if (isObject(file) && typeof file.name === "string") {
     entry.file = {
       name: file.name,
       mime: typeof file.mime === "string" ? file.mime : "application/octet-stream",
@@ -536,6 +519,35 @@ function readEntry(value, epoch) {
 }
 
 /**
+ * An entry from a message the SDK reports.
+ *
+ * @param {import("../client/mod.ts").ChatMessage} message
+ * @returns {Entry}
+ */
+function entryOf(message) {
+  /** @type {Entry} */
+  const entry = {
+    key: entryKey(message.epoch, message.id),
+    id: message.id,
+    epoch: message.epoch,
+    ts: message.ts,
+    from: message.from,
+    cid: message.cid ?? "",
+  };
+  if (message.replyTo !== undefined) entry.replyTo = message.replyTo;
+  if (message.deleted) entry.deleted = true;
+  else if (message.text !== undefined) {
+    entry.text = message.text;
+    if (message.edited !== undefined) entry.edited = message.edited;
+  } else if (message.file) {
+    const { name, mime, size, data, omitted } = message.file;
+    entry.file = { name, mime, size, omitted: omitted === true };
+    if (data) entry.file.url = blobUrl(data, mime);
+  }
+  return entry;
+}
+
+/**
  * @param {string} epoch
  * @param {number} id
  */
@@ -543,11 +555,50 @@ function entryKey(epoch, id) {
   return `${epoch}:${id}`;
 }
 
+/**
+ * Where an entry sorts: by epoch (in the order seen), then by id.
+ *
+ * @param {RoomState} room
+ * @param {Entry} entry
+ */
+function order(room, entry) {
+  let rank = room.epochs.indexOf(entry.epoch);
+  if (rank < 0) rank = room.epochs.length;
+  return rank * EPOCH_SPAN + entry.id;
+}
+
+/**
+ * @param {Uint8Array | ArrayBuffer} data
+ * @param {string} mime
+ */
+function blobUrl(data, mime) {
+  // Only pictures keep their type; anything else is an opaque download.
+  const type = mime.startsWith("image/") ? mime : "application/octet-stream";
+  return URL.createObjectURL(new Blob([/** @type {BlobPart} */ (data)], { type }));
+}
+
+/**
+ * Guesses a picture type from its first bytes.
+ *
+ * @param {Uint8Array} bytes
+ * @returns {string | null}
+ */
+function sniffImage(bytes) {
+  /** @param {number[]} magic @param {number} [at] */
+  const starts = (magic, at = 0) => magic.every((b, i) => bytes[at + i] === b);
+  if (starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return "image/png";
+  if (starts([0xff, 0xd8, 0xff])) return "image/jpeg";
+  if (starts([0x47, 0x49, 0x46, 0x38]) && (bytes[4] === 0x37 || bytes[4] === 0x39)) {
+    return "image/gif";
+  }
+  if (starts([0x52, 0x49, 0x46, 0x46]) && starts([0x57, 0x45, 0x42, 0x50], 8)) return "image/webp";
+  return null;
+}
 // ---------------------------------------------------------------- rendering
 
 /** @param {number} ts */
 function formatTime(ts) {
-  return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return TIME_FORMAT.format(ts);
 }
 
 /** @param {number} bytes */
@@ -591,7 +642,7 @@ function fillBody(body, content) {
     return;
   }
   if (content.text !== undefined) {
-    body.textContent = content.text;
+    fillText(body, content.text, state.me?.nick ?? state.nick);
     return;
   }
   const file = content.file;
@@ -640,7 +691,7 @@ function fillBody(body, content) {
  */
 function renderNote(entry, note) {
   const li = document.createElement("li");
-  li.className = "note";
+  li.className = entry.gap ? "note gap" : "note";
   li.dataset.key = entry.key;
   const text = document.createElement("span");
   text.className = "note-text";
@@ -676,19 +727,20 @@ function renderEntry(entry) {
   const time = part(li, ".time");
   time.textContent = formatTime(entry.ts);
   time.setAttribute("datetime", new Date(entry.ts).toISOString());
-  time.setAttribute("title", new Date(entry.ts).toLocaleString());
+  time.setAttribute("title", FULL_FORMAT.format(entry.ts));
   if (entry.deleted) li.classList.add("deleted");
   const room = currentRoom();
   const change = pendingChangeOf(room, entry);
   if (entry.edited !== undefined) {
     const mark = part(li, ".edited");
     mark.hidden = false;
-    mark.setAttribute("title", `edited ${new Date(entry.edited).toLocaleString()}`);
+    mark.setAttribute("title", `edited ${FULL_FORMAT.format(entry.edited)}`);
   }
   if (entry.replyTo !== undefined) {
     fillQuote(part(li, ".quote"), room.keys.get(entryKey(entry.epoch, entry.replyTo)));
   }
   const shownText = change?.kind === "edit" && !entry.deleted ? { text: change.text } : entry;
+  grouping(li, entry);
   fillBody(part(li, ".body"), shownText);
   if (change) part(li, ".state").textContent = change.kind === "edit" ? "saving…" : "deleting…";
   else if (!entry.stray && !entry.deleted) fillTools(part(li, ".tools"), entry);
@@ -696,14 +748,46 @@ function renderEntry(entry) {
 }
 
 /**
- * Our newest edit or delete of an entry that is still in flight.
+ * Our newest edit or delete of an entry that is still in flight, or acked
+ * and not seen yet (so the old text does not flash).
  *
  * @param {RoomState} room
  * @param {Entry} entry
- * @returns {PendingChange | undefined}
+ * @returns {Item | undefined}
  */
 function pendingChangeOf(room, entry) {
-  return room.changes.findLast((c) => c.target === entry.id && c.epoch === entry.epoch);
+  /** @param {Item} item */
+  const aims = (item) =>
+    (item.kind === "edit" || item.kind === "delete") && item.target?.id === entry.id &&
+    item.target.epoch === entry.epoch;
+  const outbox = /** @type {readonly Item[]} */ (state.client?.outbox ?? []);
+  return outbox.findLast(aims) ?? [...room.settling.values()].findLast(aims);
+}
+
+/**
+ * Marks a message that continues its author's previous one (within a few
+ * minutes, the same day) and one that starts a new day.
+ *
+ * @param {HTMLLIElement} li
+ * @param {Entry} entry
+ */
+function grouping(li, entry) {
+  const room = currentRoom();
+  const index = room.entries.indexOf(entry);
+  let previous = index > 0 ? room.entries[index - 1] : undefined;
+  while (previous?.stray) previous = room.entries[room.entries.indexOf(previous) - 1];
+  const day = new Date(entry.ts).toDateString();
+  if (!previous || new Date(previous.ts).toDateString() !== day) {
+    li.dataset.day = DAY_FORMAT.format(entry.ts);
+    li.classList.add("new-day");
+    return;
+  }
+  if (
+    previous.note === undefined && entry.from !== null && previous.from?.id === entry.from.id &&
+    entry.ts - previous.ts < GROUP_MS
+  ) {
+    li.classList.add("grouped");
+  }
 }
 
 /** @param {Entry} entry */
@@ -765,41 +849,91 @@ function fillTools(tools, entry) {
   }
 }
 
+/** What a message of ours waiting for the server says, in people's words. */
+function pendingWords() {
+  return state.status.state === "open" ? "sending…" : "Waiting to send";
+}
+
 /**
- * @param {Outgoing} item
+ * A message of ours the server has not stored yet, or that failed for good
+ * (`reason`): that one offers Retry and Delete.
+ *
+ * @param {Item} item
+ * @param {string} [reason]
  * @returns {HTMLLIElement}
  */
-function renderPending(item) {
+function renderPending(item, reason) {
   const li = cloneMessage();
-  li.classList.add("pending", "own");
+  li.classList.add(reason === undefined ? "pending" : "failed", "own");
   li.dataset.cid = item.cid;
-  part(li, ".from").textContent = state.nick ?? "";
+  part(li, ".from").textContent = state.me?.nick ?? state.nick ?? "";
   const time = part(li, ".time");
-  time.textContent = formatTime(item.ts);
-  time.setAttribute("datetime", new Date(item.ts).toISOString());
-  part(li, ".state").textContent = item.failed ? `not sent: ${item.failed}` : "sending…";
-  if (item.failed) {
-    li.classList.add("failed");
-    li.classList.remove("pending");
+  time.textContent = formatTime(item.createdAt);
+  time.setAttribute("datetime", new Date(item.createdAt).toISOString());
+  part(li, ".state").textContent = reason === undefined ? pendingWords() : `not sent: ${reason}`;
+  if (reason !== undefined) {
+    const tools = part(li, ".tools");
+    for (const [action, label] of [["retry", "Retry"], ["discard", "Delete"]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "tool";
+      button.dataset.action = action;
+      button.textContent = label;
+      tools.append(button);
+    }
   }
-  if (item.reply) {
-    const key = entryKey(item.reply.epoch, item.reply.id);
+  if (item.replyTo) {
+    const key = entryKey(item.replyTo.epoch, item.replyTo.id);
     fillQuote(part(li, ".quote"), currentRoom().keys.get(key));
   }
-  fillBody(
-    part(li, ".body"),
-    item.file
-      ? {
-        file: {
-          name: item.file.name,
-          mime: item.file.mime,
-          size: item.file.size,
-          url: item.file.url,
-        },
-      }
-      : { text: item.text },
-  );
+  if (item.file) {
+    let url = pendingUrls.get(item.cid);
+    if (!url) {
+      url = blobUrl(item.file.data, item.file.mime);
+      pendingUrls.set(item.cid, url);
+    }
+    const { name, mime, size } = item.file;
+    fillBody(part(li, ".body"), { file: { name, mime, size, url } });
+  } else fillBody(part(li, ".body"), { text: item.text });
   return li;
+}
+
+/** Our messages not stored yet, oldest first (not edits or deletes). */
+function outgoing() {
+  const items = /** @type {readonly Item[]} */ (state.client?.outbox ?? []);
+  return items.filter((item) => item.kind === "message" || item.kind === "file");
+}
+
+/** Shows every outbox message of ours and every failed one, each once, after the messages. */
+function renderOutbox() {
+  const room = currentRoom();
+  /** @type {[Item, string | undefined][]} */
+  const wanted = [
+    ...room.failed.map((f) => /** @type {[Item, string]} */ ([f.item, f.reason])),
+    ...outgoing().map((item) => /** @type {[Item, undefined]} */ ([item, undefined])),
+  ];
+  const cids = new Set(wanted.map(([item]) => item.cid));
+  for (const [cid, li] of pendingElements) {
+    if (!cids.has(cid)) {
+      li.remove();
+      pendingElements.delete(cid);
+    }
+  }
+  const words = pendingWords();
+  for (const [item, reason] of wanted) {
+    const old = pendingElements.get(item.cid);
+    if (old && old.classList.contains("failed") === (reason !== undefined)) {
+      const mark = part(old, ".state");
+      if (reason === undefined && mark.textContent !== words) mark.textContent = words;
+      ui.messages.append(old); // keeps the order; a no-op when already last
+      continue;
+    }
+    const li = renderPending(item, reason);
+    if (old) old.replaceWith(li);
+    else ui.messages.append(li);
+    pendingElements.set(item.cid, li);
+  }
+  keepBottom();
 }
 
 /** True when the list shows its newest message, so new ones should stay in view. */
@@ -809,11 +943,14 @@ function atBottom() {
 }
 
 let stickToBottom = true;
-/** True while the events of a `batch` frame are handled. */
-let inBatch = false;
+
+/** Where the list was scrolled to last, by the person or by the page. */
+let lastScrollTop = 0;
 
 function keepBottom() {
-  if (stickToBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
+  if (!stickToBottom) return;
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+  lastScrollTop = ui.messages.scrollTop;
 }
 
 // The list shrinks when something shows around it (a notice, a reply bar, a
@@ -833,21 +970,21 @@ function renderAll() {
   const room = currentRoom();
   elements.clear();
   pendingElements.clear();
+  toInsert = [];
+  unread.count = 0;
+  unread.first = null;
   const items = [];
   for (const entry of room.entries) {
     const li = renderEntry(entry);
     elements.set(entry.key, li);
     items.push(li);
   }
-  for (const item of room.outbox) {
-    const li = renderPending(item);
-    pendingElements.set(item.cid, li);
-    items.push(li);
-  }
   ui.messages.replaceChildren(ui.historyEdge, ...items);
+  renderOutbox();
   renderEdge();
   stickToBottom = true;
   keepBottom();
+  renderUnread();
 }
 
 /**
@@ -863,11 +1000,23 @@ function oldestShown(room) {
   return null;
 }
 
+/**
+ * Whether the list starts at the beginning of the room's history.
+ *
+ * @param {RoomState} room
+ */
+function atStart(room) {
+  if (room.epoch === null) return false;
+  if (room.more === false) return true;
+  const oldest = oldestShown(room);
+  return oldest === null ? room.head === 0 : oldest <= 1;
+}
+
 /** Shows the top of the list: a button for older messages, or the start of history. */
 function renderEdge() {
   const room = currentRoom();
-  const start = room.epoch !== null && room.older.atStart(oldestShown(room), room.head);
-  const loading = room.older.loading;
+  const start = atStart(room);
+  const loading = room.loadingOlder;
   const label = loading ? "Loading older messages…" : "Load older messages";
   // Called on every frame: touch the DOM only when something changes.
   if (ui.loadOlder.hidden !== start) ui.loadOlder.hidden = start;
@@ -896,11 +1045,16 @@ function renderComposer() {
   ui.composeContextText.append("Replying to ", from, `: ${quote.text}`);
 }
 
+/** The members the SDK lists, by id. */
+function members() {
+  return /** @type {ReadonlyMap<string, Member>} */ (state.client?.members ?? new Map());
+}
+
 function renderMembers() {
-  const sorted = [...members.values()].sort((a, b) =>
+  const sorted = [...members().values()].sort((a, b) =>
     a.nick.localeCompare(b.nick, undefined, { sensitivity: "base" }) || a.id.localeCompare(b.id)
   );
-  if (state.removing !== null && (!state.moderator || !members.has(state.removing))) {
+  if (state.removing !== null && (!state.moderator || !members().has(state.removing))) {
     closeRemoveForm(false);
   }
   // The form moves with the list: what was typed in it, and where, stays.
@@ -938,13 +1092,17 @@ function renderMembers() {
 
 /** Shows how many members the room has, and whether more can be listed. */
 function renderMemberCount() {
-  const count = members.count.toLocaleString("en");
+  // Offline, the list is as it was: who is there now is unknown.
+  const known = state.joined;
+  const count = known ? (state.client?.memberCount ?? 0).toLocaleString("en") : "?";
   // Called on every presence update: touch the DOM only when something changes.
   if (ui.memberCount.textContent !== count) ui.memberCount.textContent = count;
   if (ui.memberTotal.textContent !== count) ui.memberTotal.textContent = count;
-  const complete = !members.incomplete;
+  ui.membersPanel.classList.toggle("unknown", !known);
+  ui.members.title = known ? "" : "Unknown while offline";
+  const complete = !state.client?.membersIncomplete;
   if (ui.membersMore.hidden !== complete) ui.membersMore.hidden = complete;
-  const busy = members.loading;
+  const busy = state.membersLoading;
   if (ui.membersMore.disabled !== (busy || !state.joined)) {
     ui.membersMore.disabled = busy || !state.joined;
   }
@@ -957,7 +1115,7 @@ function renderMemberCount() {
  * @param {string} id
  */
 function openRemoveForm(id) {
-  const member = members.get(id);
+  const member = members().get(id);
   if (!member || !state.moderator) return;
   state.removing = id;
   ui.removeWho.textContent = member.nick;
@@ -991,7 +1149,7 @@ function closeRemoveForm(refocus) {
 /** Sends the removal the form describes. */
 function submitRemoval() {
   const id = state.removing;
-  const member = id === null ? undefined : members.get(id);
+  const member = id === null ? undefined : members().get(id);
   if (!member) {
     closeRemoveForm(false);
     return;
@@ -1005,20 +1163,15 @@ function submitRemoval() {
     return;
   }
   const minutes = Number(ui.removeMinutes.value);
-  const ws = state.ws;
-  if (!ws || !state.joined) {
+  if (!state.client || !state.joined) {
     showNotice(`Cannot remove ${member.nick} while offline; try again once connected.`);
     return;
   }
-  const cid = nextCid();
-  state.kicks.set(cid, member.nick);
-  sendEnvelope(ws, {
-    type: "kick",
-    cid,
-    member: member.id,
+  const cid = state.client.kick(member.id, {
     minutes: BAN_MINUTES.includes(minutes) ? minutes : 0,
     reason,
   });
+  state.kicks.set(cid, member.nick);
   closeRemoveForm(false);
 }
 
@@ -1056,7 +1209,6 @@ function renderAccess() {
  */
 function showRefusal(why) {
   state.refused = why;
-  state.stopped = true;
   state.needNick = false;
   if (ui.nickDialog.open) ui.nickDialog.close();
   ui.refusalText.textContent = why;
@@ -1064,7 +1216,6 @@ function showRefusal(why) {
   hideNotice();
   closeRemoveForm(false);
   typists.clear();
-  members.clear();
   renderMembers();
   showStatus();
 }
@@ -1084,19 +1235,45 @@ function renderRoom() {
   ui.roomName.textContent = state.room;
   ui.roomInput.value = "";
   ui.roomInput.placeholder = state.room;
-  document.title = `${state.room} · Parley`;
+  renderTitle();
 }
 
-/** Shows the socket's readyState in words; called on every socket event. */
+/** The tab's title: the room, after the count of messages not seen yet. */
+function renderTitle() {
+  const title = `${state.room} · Parley`;
+  const wanted = unread.count > 0 ? `(${unread.count}) ${title}` : title;
+  if (document.title !== wanted) document.title = wanted;
+}
+
+/**
+ * @param {number} count
+ * @param {string} what
+ */
+function plural(count, what) {
+  return `${count} ${what}${count === 1 ? "" : "s"}`;
+}
+
+/** Says the connection's state as people would; called on every change. */
 function showStatus() {
-  const ws = state.ws;
-  const word = ws ? STATE_WORDS[ws.readyState] ?? "closed" : "closed";
+  const status = state.status;
+  const waiting = outgoing().length;
+  const later = waiting > 0 ? `: ${plural(waiting, "message")} will be sent when you're back` : "";
+  let word = "closed";
+  if (status.state === "open") word = "open";
+  else if (status.state === "connecting") {
+    word = status.attempt > 0 ? "Reconnecting…" : "Connecting…";
+  } else if (status.state === "offline") word = `Offline${later}`;
+  else if (status.state === "reconnecting") {
+    const seconds = Math.max(1, Math.ceil((reconnectAt - Date.now()) / 1000));
+    word = `Reconnecting in ${seconds} s…`;
+    if (waiting > 0) word += ` ${plural(waiting, "message")} waiting to send`;
+  }
   if (ui.status.textContent !== word) ui.status.textContent = word;
-  ui.status.dataset.state = word;
-  const idle = !ws || ws.readyState === WebSocket.CLOSED;
-  // After a refusal, its own "Try again" button is the way back.
-  ui.reconnect.hidden = !(idle && canJoin() && !state.leaving && state.refused === null);
+  ui.status.dataset.state = status.state === "idle" ? "closed" : status.state;
+  // A close the server chose (not a refusal) waits for the person.
+  ui.reconnect.hidden = !(status.state === "closed" && canJoin() && state.refused === null);
   renderEdge(); // older messages can be asked for only while joined
+  renderMemberCount();
 }
 
 /** @param {string} text */
@@ -1112,8 +1289,21 @@ function hideNotice() {
 
 // ---------------------------------------------------------------- history model
 
+/** @type {Entry[]} Entries added to the model and not yet to the page (see `flush`). */
+let toInsert = [];
+let flushScheduled = false;
+
+/** Messages that came while the person was reading older ones. */
+const unread = {
+  count: 0,
+  /** @type {string | null} The key of the first of them, where the marker goes. */
+  first: null,
+};
+
 /**
- * Adds a message to a room in id order, unless it is already there.
+ * Adds a message to a room in order, unless it is already there. The page
+ * shows it at the next animation frame, with everything else that came
+ * meanwhile: a burst costs one layout, not one per message.
  *
  * @param {RoomState} room
  * @param {Entry} entry
@@ -1121,45 +1311,87 @@ function hideNotice() {
  */
 function addEntry(room, entry) {
   if (room.keys.has(entry.key)) return false;
-  const current = room.name === state.room;
-  // A batch measures the list once before its first entry, and scrolls once after its last.
-  if (current && !inBatch) stickToBottom = atBottom();
-  insertEntry(room, entry);
-  if (current && !inBatch) keepBottom();
-  // Someone reading older messages keeps them; they go once back at the newest.
-  const cap = !current || stickToBottom ? MEMORY_ENTRIES : 4 * MEMORY_ENTRIES;
-  while (room.entries.length > cap) {
-    const old = room.entries.shift();
-    if (!old) break;
-    room.keys.delete(old.key);
-    if (old.file?.url) URL.revokeObjectURL(old.file.url);
-    elements.get(old.key)?.remove();
-    elements.delete(old.key);
+  let index = room.entries.length;
+  const rank = order(room, entry);
+  while (index > 0 && order(room, room.entries[index - 1]) > rank) index--;
+  room.entries.splice(index, 0, entry);
+  room.keys.set(entry.key, entry);
+  if (room.name === state.room) {
+    toInsert.push(entry);
+    scheduleFlush();
   }
-  if (current) renderEdge();
   scheduleSave(room);
   return true;
 }
 
+function scheduleFlush() {
+  if (flushScheduled) return;
+  flushScheduled = true;
+  // A page in the background gets few frames or none: a timer shows the messages all the same.
+  requestAnimationFrame(() => flush());
+  setTimeout(() => flush(), 100);
+}
+
 /**
- * Puts an entry into the room's list, and into the page when it is the room
- * shown.
+ * Puts the entries added since the last frame into the page, at most
+ * {@linkcode FLUSH_MAX} a frame (the rest at the next): one measure, one
+ * scroll.
+ *
+ * @param {boolean} [all] Every entry now (a scroll-back page, which must be measured).
+ */
+function flush(all = false) {
+  if (!flushScheduled) return;
+  flushScheduled = false;
+  const room = currentRoom();
+  const waiting = toInsert.filter((e) => room.keys.get(e.key) === e && !elements.has(e.key));
+  const entries = all ? waiting : waiting.slice(0, FLUSH_MAX);
+  toInsert = waiting.slice(entries.length);
+  if (toInsert.length > 0) scheduleFlush();
+  if (entries.length === 0) return;
+  const reading = !stickToBottom;
+  const firstPending = ui.messages.querySelector(".msg.pending, .msg.failed");
+  for (const entry of entries) {
+    const index = room.entries.indexOf(entry);
+    const li = renderEntry(entry);
+    elements.set(entry.key, li);
+    let next = null;
+    for (let i = index + 1; i < room.entries.length && !next; i++) {
+      next = elements.get(room.entries[i].key) ?? null;
+    }
+    ui.messages.insertBefore(li, next ?? firstPending);
+    // The one after it may now continue its author's group, or not.
+    const after = room.entries[index + 1];
+    if (after && elements.has(after.key) && after.note === undefined) redrawEntry(room, after);
+    if ((reading || document.hidden) && entry.note === undefined && !isOwn(entry)) {
+      unread.count++;
+      if (unread.first === null) {
+        unread.first = entry.key;
+        li.classList.add("first-unread");
+      }
+    }
+  }
+  trim(room);
+  keepBottom();
+  renderEdge();
+  renderUnread();
+}
+
+/**
+ * Forgets the oldest messages of a long conversation, unless the person is
+ * reading older ones: those stay until back at the newest.
  *
  * @param {RoomState} room
- * @param {Entry} entry
  */
-function insertEntry(room, entry) {
-  let index = room.entries.length;
-  while (index > 0 && room.entries[index - 1].id > entry.id) index--;
-  room.entries.splice(index, 0, entry);
-  room.keys.set(entry.key, entry);
-  if (room.name !== state.room) return;
-  const li = renderEntry(entry);
-  elements.set(entry.key, li);
-  const next = room.entries[index + 1];
-  const before = (next && elements.get(next.key)) ??
-    ui.messages.querySelector(".msg.pending, .msg.failed");
-  ui.messages.insertBefore(li, before);
+function trim(room) {
+  const cap = stickToBottom ? MEMORY_ENTRIES : 4 * MEMORY_ENTRIES;
+  while (room.entries.length > cap) {
+    const old = room.entries.shift();
+    if (!old) break;
+    room.keys.delete(old.key);
+    if (old.file?.url?.startsWith("blob:")) URL.revokeObjectURL(old.file.url);
+    elements.get(old.key)?.remove();
+    elements.delete(old.key);
+  }
 }
 
 /**
@@ -1174,19 +1406,11 @@ function redrawReplies(room, keys) {
       redrawEntry(room, entry);
     }
   }
-  if (room.name !== state.room) return;
-  for (const item of room.outbox) {
-    if (!item.reply || !keys.has(entryKey(item.reply.epoch, item.reply.id))) continue;
-    const old = pendingElements.get(item.cid);
-    const li = renderPending(item);
-    old?.replaceWith(li);
-    pendingElements.set(item.cid, li);
-  }
   if (state.compose && keys.has(state.compose.key)) renderComposer();
 }
 
 /**
- * Redraws one entry in place (its file arrived, its time was corrected).
+ * Redraws one entry in place (its file arrived, it was edited).
  *
  * @param {RoomState} room
  * @param {Entry} entry
@@ -1196,587 +1420,9 @@ function redrawEntry(room, entry) {
   const old = elements.get(entry.key);
   if (!old) return;
   const li = renderEntry(entry);
+  if (old.classList.contains("first-unread")) li.classList.add("first-unread");
   old.replaceWith(li);
   elements.set(entry.key, li);
-}
-
-/**
- * Forgets a room's messages (not its unacked ones): the replay that follows
- * the welcome is the new list.
- *
- * @param {RoomState} room
- */
-function resetEntries(room) {
-  for (const entry of room.entries) {
-    if (entry.file?.url) URL.revokeObjectURL(entry.file.url);
-  }
-  room.entries = [];
-  room.keys.clear();
-  room.lastId = 0;
-  room.older.reset();
-  room.late.clear();
-  if (room.name === state.room) {
-    for (const li of elements.values()) li.remove();
-    elements.clear();
-    endCompose(false);
-    renderEdge();
-  }
-  scheduleSave(room);
-}
-
-/**
- * Records the newest message seen, which the next hello resumes from.
- *
- * @param {RoomState} room
- * @param {string} epoch
- * @param {number} id
- */
-function markSeen(room, epoch, id) {
-  if (room.epoch !== epoch) return;
-  if (id > room.lastId) room.lastId = id;
-  if (id > room.head) room.head = id;
-  scheduleSave(room);
-}
-
-/**
- * Takes our own unacked message with this cid out of the outbox, when the
- * message came from us.
- *
- * @param {RoomState} room
- * @param {Member | null} from
- * @param {string} cid
- * @returns {Outgoing | null}
- */
-function takeOwn(room, from, cid) {
-  if (!from || !state.me || from.id !== state.me.id) return null;
-  return takeOutgoing(room, cid);
-}
-
-/**
- * @param {RoomState} room
- * @param {string} cid
- * @returns {Outgoing | null}
- */
-function takeOutgoing(room, cid) {
-  const index = room.outbox.findIndex((item) => item.cid === cid);
-  if (index < 0) return null;
-  const [item] = room.outbox.splice(index, 1);
-  pendingElements.get(cid)?.remove();
-  pendingElements.delete(cid);
-  return item;
-}
-
-// ---------------------------------------------------------------- connection
-
-/** @param {string} room */
-function socketUrl(room) {
-  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  return scheme + location.host + pathOfRoom(room);
-}
-
-/**
- * @param {WebSocket} ws
- * @param {unknown} envelope
- */
-function sendEnvelope(ws, envelope) {
-  ws.send(JSON.stringify(envelope));
-}
-
-function connect() {
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = undefined;
-  state.reconnectWhenVisible = false;
-  // After a refusal only the person reconnects, with "Try again".
-  if (!canJoin() || state.leaving || state.refused !== null) return;
-  if (state.ws && state.ws.readyState <= WebSocket.OPEN) return;
-  state.stopped = false;
-  let ws;
-  try {
-    ws = new WebSocket(socketUrl(state.room), SUBPROTOCOL);
-  } catch (error) {
-    showNotice(`Cannot connect: ${error instanceof Error ? error.message : String(error)}`);
-    scheduleReconnect();
-    return;
-  }
-  ws.binaryType = "arraybuffer";
-  state.ws = ws;
-  state.joined = false;
-  state.expectedFiles = [];
-  const socket = ws;
-  socket.addEventListener("open", () => onOpen(socket));
-  socket.addEventListener("message", (event) => onFrame(socket, event));
-  socket.addEventListener("close", (event) => onClose(socket, event));
-  socket.addEventListener("error", () => showStatus());
-  showStatus();
-}
-
-/** Closes the current socket on purpose: nothing reconnects it. */
-function disconnect() {
-  const ws = state.ws;
-  state.ws = null;
-  state.joined = false;
-  state.expectedFiles = [];
-  stopTimers();
-  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "leaving");
-  showStatus();
-}
-
-function stopTimers() {
-  clearTimeout(state.reconnectTimer);
-  clearTimeout(state.stableTimer);
-  clearInterval(state.pingTimer);
-  state.reconnectTimer = undefined;
-  state.stableTimer = undefined;
-  state.pingTimer = undefined;
-}
-
-function scheduleReconnect() {
-  if (state.leaving || state.reconnectTimer) return;
-  // Full jitter: a uniform delay up to an exponentially growing, capped ceiling.
-  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
-  state.attempt = Math.min(state.attempt + 1, 30);
-  state.reconnectTimer = setTimeout(() => {
-    state.reconnectTimer = undefined;
-    if (document.hidden) {
-      state.reconnectWhenVisible = true;
-      return;
-    }
-    connect();
-  }, Math.random() * ceiling);
-}
-
-/** @param {WebSocket} ws */
-function sendHello(ws) {
-  const room = currentRoom();
-  /** @type {Record<string, unknown>} */
-  const hello = { type: "hello", client: state.client, batch: true };
-  // With a token the server takes the name from it; a nickname is then ignored.
-  if (state.token !== null) hello.token = state.token;
-  if (state.nick !== null && state.me?.verified !== true) hello.nick = state.nick;
-  if (room.epoch !== null && room.lastId > 0) hello.last = { epoch: room.epoch, id: room.lastId };
-  sendEnvelope(ws, hello);
-}
-
-/** @param {WebSocket} ws */
-function onOpen(ws) {
-  if (ws !== state.ws) return;
-  state.lastFrameAt = Date.now();
-  state.pingSentAt = 0;
-  sendHello(ws);
-  clearInterval(state.pingTimer);
-  state.pingTimer = setInterval(() => heartbeat(ws), PING_EVERY_MS);
-  showStatus();
-}
-
-/**
- * Pings an idle connection, and gives up on one whose ping went unanswered:
- * a dead network does not always close a socket by itself.
- *
- * @param {WebSocket} ws
- */
-function heartbeat(ws) {
-  if (ws !== state.ws || ws.readyState !== WebSocket.OPEN) return;
-  const now = Date.now();
-  if (state.pingSentAt > state.lastFrameAt && now - state.pingSentAt > PONG_TIMEOUT_MS) {
-    state.ws = null;
-    state.joined = false;
-    stopTimers();
-    ws.close(4000, "no answer to ping");
-    countFailedSends(ws);
-    showStatus();
-    scheduleReconnect();
-    return;
-  }
-  if (now - state.lastFrameAt >= PING_EVERY_MS && state.pingSentAt <= state.lastFrameAt) {
-    state.pingSentAt = now;
-    sendEnvelope(ws, { type: "ping" });
-  }
-}
-
-/**
- * @param {WebSocket} ws
- * @param {CloseEvent} event
- */
-function onClose(ws, event) {
-  if (ws !== state.ws) return;
-  state.joined = false;
-  state.expectedFiles = [];
-  stopTimers();
-  countFailedSends(ws);
-  showStatus();
-  if (state.leaving) return;
-  // The server says a refusal in band first (see onRefused); this is for one
-  // that only its close code tells.
-  const refused = describeRefusal({
-    code: event.code,
-    reason: event.reason,
-    hadToken: state.token !== null,
-    accepted: state.tokenAccepted,
-  });
-  if (refused !== null) {
-    showRefusal(refused);
-    return;
-  }
-  if (event.code === 1000) {
-    // A normal close is the server's deliberate choice: wait for the user.
-    state.stopped = true;
-    showNotice("The server closed the connection.");
-    showStatus();
-    return;
-  }
-  scheduleReconnect();
-}
-
-/**
- * Counts a lost connection against every message that was sent on it and not
- * acked, so a message the server keeps refusing cannot loop forever.
- *
- * @param {WebSocket} ws
- */
-function countFailedSends(ws) {
-  for (const room of rooms.values()) {
-    for (const item of [...room.outbox]) {
-      if (item.sentOn !== ws) continue;
-      item.sentOn = null;
-      item.attempts++;
-      if (item.attempts >= MAX_SEND_ATTEMPTS) {
-        failOutgoing(room, item, "the connection kept dropping");
-      }
-    }
-  }
-}
-
-/**
- * @param {WebSocket} ws
- * @param {MessageEvent} event
- */
-function onFrame(ws, event) {
-  if (ws !== state.ws) return;
-  state.lastFrameAt = Date.now();
-  try {
-    if (typeof event.data === "string") {
-      const envelope = JSON.parse(event.data);
-      if (isObject(envelope)) onEnvelope(ws, envelope);
-    } else if (event.data instanceof ArrayBuffer) {
-      onBinary(event.data);
-    }
-  } catch (error) {
-    console.error("Cannot handle a frame from the server:", error);
-  }
-  showStatus();
-}
-
-/**
- * @param {WebSocket} ws
- * @param {Record<string, unknown>} envelope
- */
-function onEnvelope(ws, envelope) {
-  switch (envelope.type) {
-    case "welcome":
-      return onWelcome(ws, envelope);
-    case "batch":
-      return onBatch(ws, envelope);
-    case "message":
-      return onMessage(envelope);
-    case "file":
-      return onFileEnvelope(envelope);
-    case "ack":
-      return onAck(envelope);
-    case "edit":
-    case "delete":
-      return onChange(envelope);
-    case "history":
-      return onHistory(envelope);
-    case "typing": {
-      const member = readMember(envelope.member);
-      if (!member || (state.me && member.id === state.me.id)) return;
-      const ttl = isId(envelope.ttl) ? envelope.ttl : state.typingTtl;
-      return typists.add(member, ttl);
-    }
-    case "presence":
-    case "join":
-    case "leave":
-    case "rename":
-      return onPresence(envelope);
-    case "members":
-      return onMembersPage(envelope);
-    case "kick":
-      return onKick(envelope);
-    case "error":
-      return onError(ws, envelope);
-    default:
-      return; // pong, and anything newer than this page
-  }
-}
-
-/**
- * @param {WebSocket} ws
- * @param {Record<string, unknown>} envelope
- */
-function onWelcome(ws, envelope) {
-  const room = currentRoom();
-  const epoch = typeof envelope.epoch === "string" ? envelope.epoch : "";
-  state.me = readMember(envelope.you);
-  state.joined = true;
-  state.needNick = false;
-  state.renaming = null;
-  if (state.me?.verified === true) {
-    // The token names us; the name is not stored as a nickname of our own.
-    state.nick = state.me.nick;
-    if (state.token !== null) state.tokenAccepted = true;
-    if (ui.nickDialog.open) ui.nickDialog.close();
-  }
-  renderNick();
-  state.access = envelope.access === "read" ? "read" : "write";
-  state.moderator = envelope.moderator === true;
-  renderAccess();
-  /** @type {Member[]} */
-  const listed = [];
-  for (const value of Array.isArray(envelope.members) ? envelope.members : []) {
-    const member = readMember(value);
-    if (member) listed.push(member);
-  }
-  // The welcome lists the first members only; `count` says how many there are.
-  // A page of members asked for on the old connection will not come.
-  members.welcome(listed, isId(envelope.count) ? envelope.count : null, state.me);
-  kicked.clear();
-  renderMembers();
-  if (ui.membersPanel.classList.contains("open")) loadMembers(true);
-  if (envelope.recovered !== true || epoch !== room.epoch) {
-    resetEntries(room);
-  }
-  room.epoch = epoch;
-  room.head = isId(envelope.head) ? envelope.head : 0;
-  room.older.cancel(); // a page asked on the old connection will not come
-  readLimits(envelope.limits);
-  typists.clear();
-  if (envelope.recovered === false) showNotice(RECOVERY_NOTICE);
-  // Changes for another epoch name messages that are gone; acked ones are stored.
-  room.changes = room.changes.filter((c) => c.epoch === epoch && c.acked === undefined);
-  // Own messages look different: redraw with the (maybe new) member id.
-  renderAll();
-  renderComposer();
-  clearTimeout(state.stableTimer);
-  state.stableTimer = setTimeout(() => {
-    state.attempt = 0;
-  }, STABLE_MS);
-  for (const item of room.outbox) {
-    if (!item.failed) transmit(ws, item);
-  }
-  for (const change of room.changes) transmitChange(ws, change);
-}
-
-/**
- * Someone was removed from the room: they leave the list, and the
- * conversation says so quietly. Our own removal closes the socket instead.
- *
- * @param {Record<string, unknown>} envelope
- */
-function onKick(envelope) {
-  const kick = readKick(envelope);
-  if (!kick) return;
-  members.remove(kick.member.id);
-  kicked.add(kick.member.id);
-  typists.remove(kick.member.id);
-  renderMembers();
-  addNote(describeKick(kick));
-}
-
-/**
- * Says something that happened in the room, after the newest message.
- *
- * @param {string} text
- */
-function addNote(text) {
-  const room = currentRoom();
-  state.noteCount++;
-  addEntry(room, {
-    key: `note:${state.noteCount}`,
-    id: room.lastId,
-    epoch: room.epoch ?? "",
-    ts: Date.now(),
-    from: null,
-    cid: "",
-    note: text,
-  });
-}
-
-/**
- * Members came, went or took another name: a `presence` envelope (joins,
- * leaves and renames gathered over a short while, or in a large room only
- * the count), or one `join`, `leave` or `rename` from a server that sends
- * them one by one.
- *
- * @param {Record<string, unknown>} envelope
- */
-function onPresence(envelope) {
-  const presence = readPresence(envelope);
-  if (!presence) return;
-  const changes = members.apply(presence);
-  for (const member of presence.leaves) typists.remove(member.id);
-  for (const { member } of presence.renames) {
-    typists.rename(member);
-    if (state.me && member.id === state.me.id) {
-      // Every tab with our client id is the same member, so shares the nickname.
-      state.me = member;
-      state.nick = member.nick;
-      state.renaming = null;
-      renderNick();
-    }
-  }
-  // A removal was said already, by whom and why.
-  changes.left = changes.left.filter((member) => !kicked.delete(member.id));
-  for (const line of describePresence(changes)) addNote(line);
-  if (presence.listed) renderMembers();
-  else renderMemberCount();
-}
-
-/**
- * A page of members, asked for when the list was opened or with "Show more
- * members".
- *
- * @param {Record<string, unknown>} envelope
- */
-function onMembersPage(envelope) {
-  const page = readMembersPage(envelope);
-  if (!page) return;
-  members.settle(page);
-  renderMembers();
-}
-
-/**
- * Asks for the next page of members, unless one is on its way or the list is
- * complete.
- *
- * @param {boolean} opened The list was just opened (a stale one starts over).
- */
-function loadMembers(opened) {
-  const ws = state.ws;
-  if (!ws || !state.joined) return;
-  const request = members.request(opened);
-  if (!request) return;
-  sendEnvelope(ws, request);
-  renderMemberCount();
-  // Should the answer never come, the button comes back once the wait is over.
-  setTimeout(renderMemberCount, MEMBERS_TIMEOUT_MS + 100);
-}
-
-/**
- * Handles the events of a `batch` frame one by one, exactly as if each had
- * come alone. The bytes of its files follow it, in order.
- *
- * @param {WebSocket} ws
- * @param {Record<string, unknown>} envelope
- */
-function onBatch(ws, envelope) {
-  if (!Array.isArray(envelope.events)) return;
-  dropExpectedFiles();
-  stickToBottom = atBottom();
-  inBatch = true;
-  try {
-    for (const event of envelope.events) {
-      if (!isObject(event) || event.type === "batch") continue;
-      try {
-        onEnvelope(ws, event);
-      } catch (error) {
-        // One bad event must not cost the others.
-        console.error("Cannot handle an event of a batch:", error);
-      }
-    }
-  } finally {
-    inBatch = false;
-    keepBottom();
-  }
-}
-
-/** @param {unknown} limits The `limits` of `welcome`. */
-function readLimits(limits) {
-  if (!isObject(limits)) return;
-  state.maxText = isId(limits.text) ? limits.text : null;
-  state.typingTtl = isId(limits.typing) ? limits.typing : DEFAULT_TYPING_TTL_MS;
-}
-
-/** @param {Record<string, unknown>} envelope */
-function onMessage(envelope) {
-  const room = currentRoom();
-  const entry = readEntry(envelope);
-  if (!entry) return;
-  if (entry.from) typists.remove(entry.from.id);
-  takeOwn(room, entry.from, entry.cid);
-  if (!addEntry(room, entry)) {
-    const known = room.keys.get(entry.key);
-    if (known && (known.ts !== entry.ts || catchUp(known, entry))) {
-      known.ts = entry.ts;
-      redrawEntry(room, known);
-      redrawReplies(room, new Set([known.key]));
-    }
-  }
-  markSeen(room, entry.epoch, entry.id);
-}
-
-/**
- * Brings a message the page has up to date with a newer copy of it (sent
- * again with its edits and deletes applied).
- *
- * @param {Entry} known
- * @param {Entry} fresh
- * @returns {boolean} Whether anything changed.
- */
-function catchUp(known, fresh) {
-  if (known.deleted) return false;
-  if (fresh.deleted) {
-    if (known.file?.url) URL.revokeObjectURL(known.file.url);
-    delete known.text;
-    delete known.file;
-    delete known.edited;
-    known.deleted = true;
-    return true;
-  }
-  if (fresh.edited === undefined || fresh.text === undefined) return false;
-  if (known.edited !== undefined && known.edited >= fresh.edited) return false;
-  known.text = fresh.text;
-  known.edited = fresh.edited;
-  return true;
-}
-
-/** Marks the files whose bytes should have come by now, and did not. */
-function dropExpectedFiles() {
-  const room = currentRoom();
-  for (const { entry } of state.expectedFiles) {
-    if (!entry?.file) continue;
-    entry.file.missing = true;
-    redrawEntry(room, entry);
-  }
-  state.expectedFiles = [];
-}
-
-/** @param {Record<string, unknown>} envelope */
-function onFileEnvelope(envelope) {
-  const room = currentRoom();
-  const entry = readEntry(envelope);
-  if (!entry || !entry.file) return;
-  // Alone, a file is followed by its bytes at once; in a batch, the bytes of
-  // all its files follow the batch frame.
-  if (!inBatch) dropExpectedFiles();
-  if (entry.from) typists.remove(entry.from.id);
-  const own = takeOwn(room, entry.from, entry.cid);
-  if (entry.file.omitted) {
-    if (own?.file) URL.revokeObjectURL(own.file.url);
-    addEntry(room, entry);
-    markSeen(room, entry.epoch, entry.id);
-    return;
-  }
-  const shown = addEntry(room, entry) ? entry : room.keys.get(entry.key);
-  // A file shown without its bytes (restored after a reload, or cut off) takes them now.
-  const target = shown?.file && !shown.file.url ? shown : null;
-  if (own?.file) {
-    // We have the bytes already; the frame that follows is dropped.
-    if (target?.file) attachFile(room, target, own.file.url);
-    else URL.revokeObjectURL(own.file.url);
-    state.expectedFiles.push({ epoch: entry.epoch, id: entry.id, entry: null });
-    return;
-  }
-  state.expectedFiles.push({ epoch: entry.epoch, id: entry.id, entry: target });
 }
 
 /**
@@ -1791,130 +1437,409 @@ function attachFile(room, entry, url) {
 }
 
 /**
- * Guesses a picture type from its first bytes.
+ * Says something that happened in the room, after the newest message.
  *
- * @param {Uint8Array} bytes
- * @returns {string | null}
+ * @param {string} text
+ * @param {boolean} [gap] A gap in the conversation: kept across reloads.
+ * @param {number} [after] The id it follows; the newest shown by default.
  */
-function sniffImage(bytes) {
-  /** @param {number[]} magic @param {number} [at] */
-  const starts = (magic, at = 0) => magic.every((b, i) => bytes[at + i] === b);
-  if (starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return "image/png";
-  if (starts([0xff, 0xd8, 0xff])) return "image/jpeg";
-  if (starts([0x47, 0x49, 0x46, 0x38]) && (bytes[4] === 0x37 || bytes[4] === 0x39)) {
-    return "image/gif";
-  }
-  if (starts([0x52, 0x49, 0x46, 0x46]) && starts([0x57, 0x45, 0x42, 0x50], 8)) return "image/webp";
-  return null;
-}
-
-/**
- * @param {ArrayBuffer} data
- * @param {string} mime
- */
-function blobUrl(data, mime) {
-  // Only pictures keep their type; anything else is an opaque download.
-  const type = mime.startsWith("image/") ? mime : "application/octet-stream";
-  return URL.createObjectURL(new Blob([data], { type }));
-}
-
-/** @param {ArrayBuffer} data */
-function onBinary(data) {
+function addNote(text, gap = false, after) {
   const room = currentRoom();
-  const expected = state.expectedFiles.shift();
-  if (expected) {
-    if (expected.entry?.file) {
-      attachFile(room, expected.entry, blobUrl(data, expected.entry.file.mime));
-    }
-    markSeen(room, expected.epoch, expected.id);
-    return;
-  }
-  // A frame no envelope announced: show it anyway, as a picture when it is one.
-  const mime = sniffImage(new Uint8Array(data, 0, Math.min(16, data.byteLength)));
   const epoch = room.epoch ?? "";
-  state.strayCount++;
+  let id = after ?? 0;
+  if (after === undefined) {
+    for (const entry of room.entries) if (entry.epoch === epoch && entry.id > id) id = entry.id;
+  }
+  state.noteCount++;
   addEntry(room, {
-    key: `stray:${state.strayCount}`,
-    id: room.lastId,
+    key: gap ? `gap:${epoch}:${id}` : `note:${state.noteCount}`,
+    id,
     epoch,
     ts: Date.now(),
     from: null,
     cid: "",
-    stray: true,
-    file: {
-      name: mime ? `picture.${mime.slice(6)}` : "file",
-      mime: mime ?? "application/octet-stream",
-      size: data.byteLength,
-      url: blobUrl(data, mime ?? "application/octet-stream"),
-    },
+    note: text,
+    gap,
   });
 }
 
-/** @param {Record<string, unknown>} envelope */
-function onAck(envelope) {
-  const room = currentRoom();
-  const { cid, id, epoch } = envelope;
-  if (typeof cid !== "string" || typeof id !== "number" || typeof epoch !== "string") return;
-  const item = takeOutgoing(room, cid);
-  if (!item) {
-    onChangeAck(room, cid, id, envelope.duplicate === true);
-    return;
-  }
-  const key = entryKey(epoch, id);
-  if (room.keys.has(key)) {
-    if (item.file) URL.revokeObjectURL(item.file.url);
-    return;
-  }
-  // The ack beat the broadcast: show the message now; the broadcast dedupes.
-  /** @type {Entry} */
-  const entry = { key, id, epoch, ts: item.ts, from: state.me, cid };
-  if (item.reply?.epoch === epoch) entry.replyTo = item.reply.id;
-  if (item.file) {
-    const { name, mime, size, url } = item.file;
-    entry.file = { name, mime, size, url };
-  } else {
-    entry.text = item.text;
-  }
-  addEntry(room, entry);
+/** Shows the jump-to-latest button while new messages wait below. */
+function renderUnread() {
+  const show = !stickToBottom && unread.count > 0;
+  ui.jump.hidden = !show;
+  ui.jump.textContent = unread.count === 1 ? "1 new message ↓" : `${unread.count} new messages ↓`;
+  renderTitle();
+}
+
+/** Back at the newest message: nothing is unread any more. */
+function clearUnread() {
+  if (unread.count === 0 && unread.first === null) return;
+  unread.count = 0;
+  if (unread.first !== null) elements.get(unread.first)?.classList.remove("first-unread");
+  unread.first = null;
+  renderUnread();
+}
+
+// ---------------------------------------------------------------- the client
+
+/** When the SDK's next reconnect is due, for "Reconnecting in 3 s…". */
+let reconnectAt = 0;
+
+/** @param {string} room */
+function socketUrl(room) {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  return scheme + location.host + pathOfRoom(room);
 }
 
 /**
- * @param {WebSocket} ws
- * @param {Record<string, unknown>} envelope
+ * The browser's WebSocket, remembered as the current socket so tests can
+ * reach it (`parley.ws`).
  */
-function onError(ws, envelope) {
-  const code = typeof envelope.code === "string" ? envelope.code : "error";
-  const message = typeof envelope.message === "string" ? envelope.message : "";
-  const cid = typeof envelope.cid === "string" ? envelope.cid : null;
-  const retry = envelope.retry === true || TRANSIENT_ERRORS.has(code);
+class PageSocket extends WebSocket {
+  /**
+   * @param {string} url
+   * @param {string | string[]} [protocols]
+   */
+  constructor(url, protocols) {
+    super(url, protocols);
+    state.ws = this;
+    // The client read its saved outbox before opening this: show what waits from before a reload.
+    queueMicrotask(() => {
+      renderOutbox();
+      showStatus();
+    });
+  }
+}
+
+/** Starts the SDK's client of the current room, unless it runs or cannot join. */
+function connect() {
+  if (state.client || !canJoin() || state.refused !== null) return;
+  /** @type {Record<string, unknown>} */
+  const options = {
+    clientId: state.clientId,
+    // What this tab saw and has not sent yet survives a reload of it.
+    storage: new WebStorage(sessionStorage),
+    WebSocket: PageSocket,
+  };
+  if (state.token !== null) options.token = state.token;
+  else if (state.nick !== null) options.nick = state.nick;
+  const client = new ParleyClient(socketUrl(state.room), options);
+  state.client = client;
   const room = currentRoom();
-  const item = cid === null ? undefined : room.outbox.find((o) => o.cid === cid);
-  const change = cid === null ? undefined : room.changes.find((c) => c.cid === cid);
-  if (cid === null && room.older.loading) {
-    // Scroll-back requests carry no cid: an error without one may be its answer.
-    room.older.cancel();
-    renderEdge();
+  /**
+   * @template {keyof import("../client/mod.ts").ParleyEvents} K
+   * @param {K} type
+   * @param {(payload: import("../client/mod.ts").ParleyEvents[K]) => void} fn
+   */
+  const on = (type, fn) =>
+    client.on(type, (/** @type {import("../client/mod.ts").ParleyEvents[K]} */ payload) => {
+      if (state.client === client) fn(payload);
+    });
+  on("status", onStatus);
+  on("welcome", (welcome) => onWelcome(room, welcome));
+  on("gap", (gap) => onGap(room, gap));
+  on("message", (message) => onMessage(room, message));
+  on("edit", (change) => onChange(room, change));
+  on("delete", (change) => onChange(room, change));
+  on("history", () => {});
+  on("presence", onPresence);
+  on("members", () => renderMembers());
+  on("typing", ({ member, ttl }) => typists.add(member, ttl));
+  on("kick", (kick) => {
+    typists.remove(kick.member.id);
+    renderMembers();
+    addNote(describeKick(kick));
+  });
+  on("sent", ({ item, delivery }) => onSent(room, item, delivery));
+  on("failed", ({ item, error }) => onFailed(room, item, error));
+  on("error", onError);
+  on("binary", (bytes) => onBinary(room, bytes));
+  client.connect().catch(() => {}); // a refusal is shown by the status
+}
+
+/** Ends the current room's client: its unsent messages stay in storage. */
+function disconnect() {
+  const client = state.client;
+  state.client = null;
+  state.ws = null;
+  state.joined = false;
+  state.status = { state: "idle" };
+  clearInterval(state.countdown);
+  client?.close().catch(() => {});
+  showStatus();
+}
+
+/** @param {import("../client/mod.ts").Status} status */
+function onStatus(status) {
+  state.status = status;
+  state.joined = status.state === "open" && state.me !== null;
+  clearInterval(state.countdown);
+  if (status.state === "reconnecting") {
+    reconnectAt = Date.now() + status.delayMs;
+    state.countdown = setInterval(showStatus, 1000);
   }
-  if (cid === null && members.loading) {
-    // Nor do requests for members.
-    members.cancel();
-    renderMemberCount();
+  if (status.state !== "open") {
+    state.joined = false;
+    typists.clear();
   }
-  if (change) {
-    onChangeError(ws, room, change, code, message, retry);
+  if (status.state === "closed") onClosed(status.code, status.reason);
+  showStatus();
+  renderOutbox();
+}
+
+/**
+ * The client stopped for good: a refusal (4401, 4403) says why and offers
+ * to try again; a normal close waits for the person.
+ *
+ * @param {number} code
+ * @param {string} reason
+ */
+function onClosed(code, reason) {
+  const client = state.client;
+  state.client = null; // a new one starts on "Try again" or "Reconnect"
+  state.ws = null;
+  client?.close().catch(() => {});
+  const refused = describeRefusal({
+    code,
+    reason,
+    detail: state.refusalDetail || reason,
+    hadToken: state.token !== null,
+    accepted: state.tokenAccepted,
+  });
+  state.refusalDetail = "";
+  if (refused !== null) showRefusal(refused);
+  else if (code === 1000) showNotice("The server closed the connection.");
+}
+
+/**
+ * @param {RoomState} room
+ * @param {import("../client/mod.ts").Welcome} welcome
+ */
+function onWelcome(room, welcome) {
+  state.me = welcome.you;
+  state.joined = true;
+  state.needNick = false;
+  state.renaming = null;
+  if (welcome.you.verified === true) {
+    // The token names us; the name is not stored as a nickname of our own.
+    state.nick = welcome.you.nick;
+    if (state.token !== null) state.tokenAccepted = true;
+    if (ui.nickDialog.open) ui.nickDialog.close();
+  }
+  renderNick();
+  state.access = welcome.access;
+  state.moderator = welcome.moderator;
+  renderAccess();
+  if (!room.epochs.includes(welcome.epoch)) room.epochs.push(welcome.epoch);
+  if (room.epoch !== welcome.epoch) room.more = null;
+  room.epoch = welcome.epoch;
+  room.head = welcome.head;
+  room.loadingOlder = false;
+  state.maxText = welcome.limits.text;
+  state.maxBytes = welcome.limits.bytes;
+  // Changes acked on the old connection and not seen are stored all the same.
+  room.settling.clear();
+  typists.clear();
+  state.membersMore = false;
+  renderMembers();
+  if (ui.membersPanel.classList.contains("open")) loadMembers(true);
+  // Own messages look different: redraw with the (maybe new) member id.
+  renderAll();
+  renderComposer();
+  renderCounter();
+  showStatus();
+  scheduleSave(room);
+}
+
+/**
+ * Messages may be missing: what was shown stays, the gap is marked in the
+ * conversation, and what comes after follows it.
+ *
+ * @param {RoomState} room
+ * @param {import("../client/mod.ts").Gap} gap
+ */
+function onGap(room, gap) {
+  const shown = room.entries.some((e) => e.note === undefined && !e.stray);
+  if (!shown) return; // nothing to keep: a fresh start is no gap
+  const after = gap.previous && gap.previous.epoch === gap.epoch ? gap.previous.id : 0;
+  addNote(GAP_WORDS, true, after);
+  showNotice(RECOVERY_NOTICE);
+}
+
+/**
+ * A message or file, live or replayed, each once and in order.
+ *
+ * @param {RoomState} room
+ * @param {import("../client/mod.ts").ChatMessage} message
+ */
+function onMessage(room, message) {
+  if (message.from) typists.remove(message.from.id);
+  const entry = entryOf(message);
+  if (addEntry(room, entry)) {
+    if (room.epoch === entry.epoch && entry.id > room.head) room.head = entry.id;
     return;
   }
-  const ending = cid === null ? refusalCloseCode(code, message) : null;
-  if (ending !== null) {
-    onRefused(ws, ending, message);
+  // Shown already (ours, shown at its ack; or restored after a reload).
+  const known = room.keys.get(entry.key);
+  if (!known) return;
+  if (known.file && !known.file.url && entry.file?.url) {
+    attachFile(room, known, entry.file.url);
+    return;
+  }
+  if (entry.file?.url) URL.revokeObjectURL(entry.file.url);
+  if (catchUp(known, entry)) {
+    redrawEntry(room, known);
+    redrawReplies(room, new Set([known.key]));
+  }
+}
+
+/**
+ * Brings a message the page has up to date with a newer copy of it (sent
+ * again with its edits and deletes applied).
+ *
+ * @param {Entry} known
+ * @param {Entry} fresh
+ * @returns {boolean} Whether anything changed.
+ */
+function catchUp(known, fresh) {
+  if (known.deleted) return false;
+  if (fresh.deleted) {
+    if (known.file?.url?.startsWith("blob:")) URL.revokeObjectURL(known.file.url);
+    delete known.text;
+    delete known.file;
+    delete known.edited;
+    known.deleted = true;
+    return true;
+  }
+  if (fresh.edited === undefined || fresh.text === undefined) return false;
+  if (known.edited !== undefined && known.edited >= fresh.edited) return false;
+  known.text = fresh.text;
+  known.edited = fresh.edited;
+  return true;
+}
+
+/**
+ * An edit or delete, from anyone, applied to its message.
+ *
+ * @param {RoomState} room
+ * @param {import("../client/mod.ts").Change} change
+ */
+function onChange(room, change) {
+  if (change.cid !== undefined) room.settling.delete(change.cid);
+  const key = entryKey(change.epoch, change.target);
+  const target = room.keys.get(key);
+  if (!target) return; // not loaded: a scroll-back page brings it changed
+  const url = target.file?.url;
+  if (applyChange(target, change)) {
+    if (url?.startsWith("blob:") && target.deleted) URL.revokeObjectURL(url);
+    scheduleSave(room);
+    redrawReplies(room, new Set([key]));
+    if (target.deleted && state.compose?.key === key) {
+      // What was typed stays in the box, as a new message.
+      showNotice("The message you were answering or editing was deleted.");
+      endCompose(false);
+    }
+  }
+  redrawEntry(room, target);
+}
+
+/**
+ * One of ours is stored. A message shows at once (its broadcast may come
+ * later); an edit or delete stays shown as it will be until its entry comes.
+ *
+ * @param {RoomState} room
+ * @param {Item} item
+ * @param {{ id: number, epoch: string, duplicate: boolean }} delivery
+ */
+function onSent(room, item, delivery) {
+  const url = pendingUrls.get(item.cid);
+  pendingUrls.delete(item.cid);
+  if (item.kind === "edit" || item.kind === "delete") {
+    if (!delivery.duplicate) room.settling.set(item.cid, item);
+    const target = item.target && room.keys.get(entryKey(item.target.epoch, item.target.id));
+    if (target) redrawEntry(room, target);
+    return;
+  }
+  const key = entryKey(delivery.epoch, delivery.id);
+  if (!room.keys.has(key)) {
+    /** @type {Entry} */
+    const entry = {
+      key,
+      id: delivery.id,
+      epoch: delivery.epoch,
+      ts: item.createdAt,
+      from: state.me,
+      cid: item.cid,
+    };
+    if (item.replyTo?.epoch === delivery.epoch) entry.replyTo = item.replyTo.id;
+    if (item.file) {
+      const { name, mime, size } = item.file;
+      entry.file = { name, mime, size, url };
+    } else entry.text = item.text;
+    stickToBottom = true;
+    addEntry(room, entry);
+  } else if (url) URL.revokeObjectURL(url);
+  if (room.name === state.room) renderOutbox();
+  showStatus();
+}
+
+/**
+ * One of ours failed for good: a message stays, with the reason, Retry and
+ * Delete; an edit or delete is undone, with a notice.
+ *
+ * @param {RoomState} room
+ * @param {Item} item
+ * @param {{ code: string, message: string }} error
+ */
+function onFailed(room, item, error) {
+  if (item.kind === "edit" || item.kind === "delete") {
+    const target = item.target && room.keys.get(entryKey(item.target.epoch, item.target.id));
+    if (target) redrawEntry(room, target);
+    const what = item.kind === "edit" ? "edit the message" : "delete the message";
+    const detail = error.message.replace(/^Cannot send \S+: /, "");
+    showNotice(refusal(error.code, item.kind) ?? `Cannot ${what}: ${detail || error.code}`);
+    return;
+  }
+  room.failed.push({ item, reason: failureWords(error.code) });
+  if (error.code === "forbidden") showNotice(READ_ONLY_WORDS);
+  if (room.name === state.room) renderOutbox();
+  showStatus();
+}
+
+/**
+ * Why a message of ours was not sent, and what to do.
+ *
+ * @param {string} code
+ */
+function failureWords(code) {
+  switch (code) {
+    case "forbidden":
+      return "this room is read-only for you";
+    case "too_large":
+    case "bad_envelope":
+      return "the server does not take it as it is (too long or too large?)";
+    case "connection_lost":
+      return "the connection kept dropping";
+    case "epoch_changed":
+      return "the server restarted before it was stored";
+    default:
+      return refusal(code) ?? `the server refused it (${code})`;
+  }
+}
+
+/** @param {{ code: string, message: string, cid?: string, retry?: boolean }} error */
+function onError(error) {
+  const { code, message, cid } = error;
+  if (cid === undefined && refusalCloseCode(code, message) !== null) {
+    state.refusalDetail = message; // the SDK closes for good; onClosed says why
     return;
   }
   if (code === "nick_taken" || code === "bad_nick") {
     onNickRefused(code, message);
     return;
   }
-  const kicked = cid === null ? undefined : state.kicks.get(cid);
-  if (cid !== null && kicked !== undefined) {
+  const kicked = cid === undefined ? undefined : state.kicks.get(cid);
+  if (cid !== undefined && kicked !== undefined) {
     state.kicks.delete(cid);
     const why = code === "forbidden"
       ? "only a moderator of this room can remove members."
@@ -1929,63 +1854,13 @@ function onError(ws, envelope) {
     showNotice("Your name comes from your invite link; it cannot be changed here.");
     return;
   }
-  if (code === "forbidden" && (item || state.access === "read")) {
-    // A message is refused outright only when the room is read-only for us.
-    if (item) failOutgoing(room, item, "this room is read-only for you");
+  if (code === "forbidden" && state.access === "read") {
     showNotice(READ_ONLY_WORDS);
     return;
-  }
-  if (code === "bad_last" && !state.joined) {
-    // The saved position is no good here: forget it and join afresh on a new
-    // connection (whether a welcome would still follow is not specified).
-    resetEntries(room);
-    room.epoch = null;
-    state.ws = null;
-    stopTimers();
-    ws.close(1000, "resuming afresh");
-    connect();
-    return;
-  } else if (item && retry) {
-    // Not stored, not refused: try again a little later on the same connection.
-    item.sentOn = null;
-    setTimeout(() => {
-      if (state.ws === ws && state.joined && room.outbox.includes(item)) transmit(ws, item);
-    }, RETRY_MS + Math.random() * RETRY_MS);
-  } else if (item) {
-    // Any other error is final: sending it again cannot help.
-    failOutgoing(room, item, message || code);
   }
   const plain = refusal(code);
   if (plain) showNotice(plain);
   else showNotice(message ? `Server error (${code}): ${message}` : `Server error: ${code}`);
-}
-
-/**
- * The server refused the connection itself, in band: a hello without the
- * right to be here, a kick, a token that expired while connected. Its close
- * follows, but some runtimes (Deno 2.5) lose it on the way and the page sees
- * 1006 instead of 4401 or 4403; so the page stops here, and whatever close
- * comes after cannot start a reconnect.
- *
- * @param {WebSocket} ws
- * @param {number} code The close code the refusal stands for.
- * @param {string} message The error's message, such as "token expired".
- */
-function onRefused(ws, code, message) {
-  state.ws = null;
-  state.joined = false;
-  state.expectedFiles = [];
-  stopTimers();
-  ws.close(1000, "refused");
-  countFailedSends(ws);
-  const why = describeRefusal({
-    code,
-    reason: "",
-    detail: message,
-    hadToken: state.token !== null,
-    accepted: state.tokenAccepted,
-  });
-  showRefusal(why ?? "You are not allowed in this room.");
 }
 
 /**
@@ -2012,249 +1887,165 @@ function onNickRefused(code, message) {
   openNickDialog(tried === null ? undefined : nickRefusal(code, message), tried ?? "");
 }
 
-/**
- * @param {WebSocket} ws
- * @param {RoomState} room
- * @param {PendingChange} change
- * @param {string} code
- * @param {string} message
- * @param {boolean} retry
- */
-function onChangeError(ws, room, change, code, message, retry) {
-  if (retry) {
-    change.sentOn = null;
-    setTimeout(() => {
-      if (state.ws === ws && state.joined && room.changes.includes(change)) {
-        transmitChange(ws, change);
-      }
-    }, RETRY_MS + Math.random() * RETRY_MS);
-    return;
-  }
-  dropChange(room, change);
-  const what = change.kind === "edit" ? "edit the message" : "delete the message";
-  showNotice(refusal(code, change.kind) ?? `Cannot ${what}: ${message || code}`);
-}
-
-/**
- * Takes an edit or delete of ours out of flight and redraws its target.
- *
- * @param {RoomState} room
- * @param {PendingChange} change
- */
-function dropChange(room, change) {
-  room.changes = room.changes.filter((c) => c !== change);
-  const target = room.keys.get(entryKey(change.epoch, change.target));
-  if (target) redrawEntry(room, target);
-}
-
-/**
- * An edit or delete of ours is stored. Unless a resend of one stored before,
- * its entry is on its way: the change stays shown until it arrives.
- *
- * @param {RoomState} room
- * @param {string} cid
- * @param {number} id
- * @param {boolean} duplicate
- */
-function onChangeAck(room, cid, id, duplicate) {
-  const change = room.changes.find((c) => c.cid === cid);
-  if (!change) return;
-  change.sentOn = null;
-  if (duplicate || id <= room.lastId) dropChange(room, change);
-  else change.acked = id;
-}
-
-/**
- * Applies an `edit` or `delete` entry, from anyone, to its target. The entry
- * itself is not shown.
- *
- * @param {Record<string, unknown>} envelope
- */
-function onChange(envelope) {
-  const room = currentRoom();
-  const change = readChange(envelope);
-  if (!change) return;
-  markSeen(room, change.epoch, change.id);
-  if (change.from && state.me && change.from.id === state.me.id) {
-    room.changes = room.changes.filter((c) => c.cid !== change.cid);
-  }
-  // Acked changes whose entry went by unseen (a gap) are stored all the same.
-  room.changes = room.changes.filter((c) => c.acked === undefined || c.acked > room.lastId);
-  if (change.epoch !== room.epoch) return;
-  const key = entryKey(change.epoch, change.target);
-  const target = room.keys.get(key);
-  if (!target) {
-    room.late.remember(change);
-    return;
-  }
-  const url = target.file?.url;
-  if (applyChange(target, change)) {
-    if (url && target.deleted) URL.revokeObjectURL(url);
-    scheduleSave(room);
-    redrawReplies(room, new Set([key]));
-    if (target.deleted && state.compose?.key === key) {
-      // What was typed stays in the box, as a new message.
-      showNotice("The message you were answering or editing was deleted.");
-      endCompose(false);
+/** @param {import("../client/mod.ts").PresenceEvent} presence */
+function onPresence(presence) {
+  for (const member of presence.leaves) typists.remove(member.id);
+  for (const { member } of presence.renames) {
+    typists.rename(member);
+    if (state.me && member.id === state.me.id) {
+      // Every tab with our client id is the same member, so shares the nickname.
+      state.me = member;
+      state.nick = member.nick;
+      state.renaming = null;
+      renderNick();
     }
   }
-  redrawEntry(room, target);
+  for (const line of describePresence(presence.changes)) addNote(line);
+  if (!presence.listed) state.membersMore = false; // who came or went is not known
+  if (presence.listed) renderMembers();
+  else renderMemberCount();
+}
+
+/**
+ * Asks for the next page of members, unless one is on its way.
+ *
+ * @param {boolean} opened The list was just opened (it starts over).
+ */
+function loadMembers(opened) {
+  const client = state.client;
+  if (!client || !state.joined || state.membersLoading) return;
+  if (!opened && !client.membersIncomplete) return;
+  state.membersLoading = true;
+  renderMemberCount();
+  // Pages go on from where the last one ended; a list gone stale starts over.
+  const restart = opened || !state.membersMore;
+  client.loadMembers({ restart })
+    .then((page) => {
+      state.membersMore = page.more;
+    })
+    .catch(() => {})
+    .finally(() => {
+      state.membersLoading = false;
+      if (state.client === client) renderMembers();
+    });
+}
+
+/** Asks for the page before the oldest message shown, unless one is on its way. */
+function loadOlder() {
+  const room = currentRoom();
+  const client = state.client;
+  if (!client || !state.joined || room.loadingOlder || atStart(room)) return;
+  room.loadingOlder = true;
+  renderEdge();
+  const before = oldestShown(room) ?? room.head + 1;
+  client.loadOlder({ before })
+    .then((page) => {
+      if (state.client === client && page.epoch === room.epoch) showOlder(room, page);
+    })
+    .catch(() => {})
+    .finally(() => {
+      room.loadingOlder = false;
+      if (state.client === client) renderEdge();
+    });
 }
 
 /**
  * Adds a scroll-back page above the oldest message, keeping in view what the
  * person was looking at.
  *
- * @param {Record<string, unknown>} envelope
+ * @param {RoomState} room
+ * @param {import("../client/mod.ts").HistoryPage} page
  */
-function onHistory(envelope) {
-  const room = currentRoom();
-  const page = readHistoryPage(envelope);
-  if (!page) return;
-  if (page.epoch !== room.epoch) {
-    room.older.cancel();
-    renderEdge();
-    return;
-  }
-  room.older.settle(page);
+function showOlder(room, page) {
+  room.more = page.more;
+  flush(true); // what came live first, so the measure below holds
   const list = ui.messages;
+  // The first message in view stays where it is, even if it joins its author's group now.
+  const top = list.getBoundingClientRect().top;
+  const anchor = room.entries.find((e) => {
+    const li = elements.get(e.key);
+    return li !== undefined && li.getBoundingClientRect().bottom > top;
+  });
+  const anchorTop = anchor ? elements.get(anchor.key)?.getBoundingClientRect().top ?? 0 : 0;
   const fromBottom = list.scrollHeight - list.scrollTop;
   /** @type {Set<string>} */
   const added = new Set();
-  for (const value of page.messages) {
-    const entry = readEntry(value);
-    if (!entry || entry.epoch !== room.epoch || room.keys.has(entry.key)) continue;
+  for (const message of page.messages) {
+    const entry = entryOf(message);
+    if (room.keys.has(entry.key)) continue;
     if (entry.file) entry.file.unloaded = true; // pages bring no bytes
-    const late = room.late.take(entry.id);
-    if (late) applyChange(entry, late);
-    insertEntry(room, entry);
+    addEntry(room, entry);
     added.add(entry.key);
   }
-  list.scrollTop = list.scrollHeight - fromBottom;
+  flushScheduled = true;
+  flush(true);
+  const moved = anchor ? elements.get(anchor.key) : undefined;
+  if (moved) list.scrollTop += moved.getBoundingClientRect().top - anchorTop;
+  else list.scrollTop = list.scrollHeight - fromBottom;
   stickToBottom = atBottom();
   redrawReplies(room, added);
   renderEdge();
 }
 
-/** Asks for the page before the oldest message shown, unless one is on its way. */
-function loadOlder() {
-  const room = currentRoom();
-  const ws = state.ws;
-  if (!ws || !state.joined || room.epoch === null) return;
-  const request = room.older.request(oldestShown(room), Math.max(room.head, room.lastId));
-  if (!request) return;
-  sendEnvelope(ws, request);
-  renderEdge();
-  // Should the answer never come, the button comes back once the wait is over.
-  setTimeout(renderEdge, ANSWER_TIMEOUT_MS + 100);
-}
-
 /**
+ * A binary frame no envelope announced (a raw client's): shown anyway, as a
+ * picture when it is one.
+ *
  * @param {RoomState} room
- * @param {Outgoing} item
- * @param {string} reason
+ * @param {Uint8Array} data
  */
-function failOutgoing(room, item, reason) {
-  item.failed = reason;
-  item.sentOn = null;
-  if (room.name !== state.room) return;
-  const old = pendingElements.get(item.cid);
-  const li = renderPending(item);
-  if (old) old.replaceWith(li);
-  pendingElements.set(item.cid, li);
-  keepBottom(); // the reason makes it taller
+function onBinary(room, data) {
+  const mime = sniffImage(data.subarray(0, 16));
+  const epoch = room.epoch ?? "";
+  let id = 0;
+  for (const entry of room.entries) if (entry.epoch === epoch && entry.id > id) id = entry.id;
+  state.strayCount++;
+  addEntry(room, {
+    key: `stray:${state.strayCount}`,
+    id,
+    epoch,
+    ts: Date.now(),
+    from: null,
+    cid: "",
+    stray: true,
+    file: {
+      name: mime ? `picture.${mime.slice(6)}` : "file",
+      mime: mime ?? "application/octet-stream",
+      size: data.byteLength,
+      url: blobUrl(data, mime ?? "application/octet-stream"),
+    },
+  });
 }
 
 // ---------------------------------------------------------------- sending
 
-function nextCid() {
-  state.cidCount++;
-  return `${state.cidPrefix}-${state.cidCount}`;
-}
-
 /**
- * @param {WebSocket} ws
- * @param {Outgoing} item
- */
-function transmit(ws, item) {
-  if (ws.readyState !== WebSocket.OPEN) return;
-  // A reply chosen in an earlier epoch would name an unrelated message now.
-  const replyTo = item.reply && item.reply.epoch === currentRoom().epoch
-    ? item.reply.id
-    : undefined;
-  if (item.file) {
-    const { name, mime, size, data } = item.file;
-    sendEnvelope(ws, { type: "file", cid: item.cid, name, mime, size, reply_to: replyTo });
-    ws.send(data);
-  } else {
-    sendEnvelope(ws, { type: "message", cid: item.cid, text: item.text, reply_to: replyTo });
-  }
-  item.sentOn = ws;
-}
-
-/**
- * @param {WebSocket} ws
- * @param {PendingChange} change
- */
-function transmitChange(ws, change) {
-  if (ws.readyState !== WebSocket.OPEN) return;
-  const { kind, cid, target, text } = change;
-  sendEnvelope(ws, { type: kind, cid, id: target, text: kind === "edit" ? text : undefined });
-  change.sentOn = ws;
-}
-
-/**
- * Edits or deletes one of our messages: shown as in progress at once, sent
- * now or on the next connection.
+ * Sends a text through the client, shown as pending at once.
  *
- * @param {Entry} entry
- * @param {"edit" | "delete"} kind
- * @param {string} [text]
- */
-function requestChange(entry, kind, text) {
-  const room = currentRoom();
-  /** @type {PendingChange} */
-  const change = { cid: nextCid(), kind, target: entry.id, epoch: entry.epoch, sentOn: null };
-  if (kind === "edit") change.text = text;
-  room.changes.push(change);
-  redrawEntry(room, entry);
-  if (state.ws && state.joined) transmitChange(state.ws, change);
-  else if (!state.ws || state.ws.readyState === WebSocket.CLOSED) connect();
-}
-
-/** @param {Outgoing} item */
-function queue(item) {
-  const room = currentRoom();
-  room.outbox.push(item);
-  stickToBottom = true;
-  const li = renderPending(item);
-  pendingElements.set(item.cid, li);
-  ui.messages.append(li);
-  keepBottom();
-  if (state.ws && state.joined) transmit(state.ws, item);
-  else if (!state.ws || state.ws.readyState === WebSocket.CLOSED) connect();
-}
-
-/**
  * @param {string} text
- * @param {Outgoing["reply"]} [reply]
+ * @param {number} [replyTo]
  */
-function sendText(text, reply) {
-  queue({ cid: nextCid(), ts: Date.now(), text, reply, sentOn: null, attempts: 0 });
+function sendText(text, replyTo) {
+  const client = state.client;
+  if (!client) return;
+  client.send(text, { replyTo }).delivered.catch(() => {}); // a failure is a `failed` event
+  stickToBottom = true;
+  renderOutbox();
+  showStatus();
 }
 
 /**
  * The message a reply being written answers, and ends the reply: a file sent
- * meanwhile answers it too.
+ * meanwhile answers it too. Null when it belongs to another epoch.
  *
- * @returns {Outgoing["reply"]}
+ * @returns {number | undefined}
  */
 function takeReply() {
   const mode = state.compose;
   if (mode?.kind !== "reply") return undefined;
   const entry = currentRoom().keys.get(mode.key);
   endCompose(false);
-  return entry && { id: entry.id, epoch: entry.epoch };
+  return entry && entry.epoch === currentRoom().epoch ? entry.id : undefined;
 }
 
 /** @param {string} name */
@@ -2269,43 +2060,90 @@ function cleanMime(type) {
   return MIME_PATTERN.test(bare) && bare.length <= 127 ? bare : "application/octet-stream";
 }
 
+/**
+ * A file the server would refuse for its size: shown as not sent, and why.
+ *
+ * @param {Item} item
+ */
+function tooLarge(item) {
+  const size = formatSize(item.file?.size ?? 0);
+  const max = formatSize(state.maxBytes);
+  currentRoom().failed.push({ item, reason: `too large (${size}; the limit is ${max})` });
+  showNotice(`${item.file?.name} is too large: ${size}, the limit is ${max}. Send a smaller file.`);
+  stickToBottom = true;
+  renderOutbox();
+}
+
 /** @param {File} file */
 async function sendFile(file) {
-  if (file.size > MAX_FILE_BYTES) {
-    showNotice(
-      `${file.name} is too large: ${formatSize(file.size)}, limit is ${
-        formatSize(MAX_FILE_BYTES)
-      }.`,
-    );
+  const name = cleanFileName(file.name);
+  const mime = cleanMime(file.type);
+  if (file.size > state.maxBytes) {
+    state.strayCount++;
+    // Not read: the bytes could not be sent anyway.
+    const data = new Uint8Array(0);
+    const size = file.size;
+    const cid = `local-${state.strayCount}`;
+    tooLarge({ cid, kind: "file", file: { name, mime, size, data }, createdAt: Date.now() });
     return;
   }
-  const data = await file.arrayBuffer();
-  const mime = cleanMime(file.type);
-  queue({
-    cid: nextCid(),
-    ts: Date.now(),
-    reply: takeReply(),
-    file: {
-      name: cleanFileName(file.name),
-      mime,
-      size: data.byteLength,
-      data,
-      url: blobUrl(data, mime),
-    },
-    sentOn: null,
-    attempts: 0,
-  });
+  const data = new Uint8Array(await file.arrayBuffer());
+  const client = state.client;
+  if (!client) return;
+  client.sendFile({ name, mime, data }, { replyTo: takeReply() }).delivered.catch(() => {});
+  stickToBottom = true;
+  renderOutbox();
+  showStatus();
 }
 
 /** @param {Iterable<File>} files */
 async function sendFiles(files) {
+  if (!state.client) {
+    if (!canJoin()) openNickDialog();
+    return;
+  }
   for (const file of files) {
     try {
       await sendFile(file);
     } catch (error) {
-      showNotice(`Cannot read ${file.name}: ${error instanceof Error ? error.message : error}`);
+      showNotice(`Cannot send ${file.name}: ${error instanceof Error ? error.message : error}`);
     }
   }
+}
+
+/**
+ * Sends a failed message again (a new cid: the old one was refused), or
+ * forgets it.
+ *
+ * @param {string} cid
+ * @param {boolean} retry
+ */
+function resolveFailed(cid, retry) {
+  const room = currentRoom();
+  const index = room.failed.findIndex((f) => f.item.cid === cid);
+  if (index < 0) return;
+  const [{ item }] = room.failed.splice(index, 1);
+  const url = pendingUrls.get(cid);
+  pendingUrls.delete(cid);
+  if (url) URL.revokeObjectURL(url);
+  if (retry && item.file && item.file.size > state.maxBytes) {
+    tooLarge(item);
+    return;
+  }
+  if (retry && state.client) {
+    const replyTo = item.replyTo?.epoch === room.epoch ? item.replyTo.id : undefined;
+    try {
+      const pending = item.file
+        ? state.client.sendFile(item.file, { replyTo })
+        : state.client.send(item.text ?? "", { replyTo });
+      pending.delivered.catch(() => {});
+    } catch (error) {
+      showNotice(error instanceof Error ? error.message : String(error));
+      room.failed.splice(index, 0, { item, reason: "still not accepted" });
+    }
+  }
+  renderOutbox();
+  showStatus();
 }
 
 // ---------------------------------------------------------------- composing
@@ -2326,6 +2164,7 @@ function startEdit(entry) {
   state.compose = { kind: "edit", key: entry.key, draft };
   ui.text.value = pendingChangeOf(currentRoom(), entry)?.text ?? entry.text;
   renderComposer();
+  renderCounter();
   ui.text.focus();
   ui.text.setSelectionRange(ui.text.value.length, ui.text.value.length);
 }
@@ -2342,6 +2181,7 @@ function endCompose(restoreDraft) {
   state.compose = null;
   if (mode.kind === "edit" && restoreDraft) ui.text.value = mode.draft;
   renderComposer();
+  renderCounter();
 }
 
 /**
@@ -2354,7 +2194,22 @@ function lengthProblem(text) {
   if (state.maxText === null) return null;
   const length = codePoints(text);
   if (length <= state.maxText) return null;
-  return `The message is ${length} characters long; the limit is ${state.maxText}.`;
+  return `This message is ${length} characters long; the limit is ${state.maxText}. ` +
+    "Shorten it, or send it in parts: your text is still in the box.";
+}
+
+/** Shows how long the message is once it nears the limit. */
+function renderCounter() {
+  const max = state.maxText;
+  const length = codePoints(ui.text.value);
+  const show = max !== null && length >= Math.floor(max * COUNTER_FROM);
+  ui.counter.hidden = !show;
+  if (!show || max === null) return;
+  ui.counter.textContent = `${length} / ${max}`;
+  ui.counter.classList.toggle("over", length > max);
+  ui.counter.title = length > max
+    ? `${length - max} characters over the limit`
+    : `${max - length} characters left`;
 }
 
 /** @param {string} text */
@@ -2370,6 +2225,36 @@ function saveEdit(text) {
   const shown = pendingChangeOf(currentRoom(), entry)?.text ?? entry.text;
   endCompose(true);
   if (text !== shown) requestChange(entry, "edit", text);
+}
+
+/**
+ * Edits or deletes one of our messages (a moderator: anyone's): shown as in
+ * progress at once, sent now or once connected.
+ *
+ * @param {Entry} entry
+ * @param {"edit" | "delete"} kind
+ * @param {string} [text]
+ */
+function requestChange(entry, kind, text) {
+  const client = state.client;
+  if (!client) return;
+  if (entry.epoch !== currentRoom().epoch) {
+    showNotice("That message is from before the server restarted; it can no longer be changed.");
+    return;
+  }
+  try {
+    const pending = kind === "edit" ? client.edit(entry.id, text ?? "") : client.delete(entry.id);
+    pending.delivered.catch(() => {});
+  } catch (error) {
+    showNotice(error instanceof Error ? error.message : String(error));
+  }
+  redrawEntry(currentRoom(), entry);
+}
+
+/** Keeps what is typed in the box for this room (not an edit in progress). */
+function saveDraft() {
+  const text = state.compose?.kind === "edit" ? state.compose.draft : ui.text.value;
+  store(localStorage, draftKey(state.room), text === "" ? null : text);
 }
 
 // ---------------------------------------------------------------- nickname
@@ -2390,20 +2275,14 @@ function openNickDialog(problem, value) {
 
 /** @param {string} nick */
 function applyNick(nick) {
-  const first = state.nick === null;
   state.nick = nick;
   store(localStorage, "parley.nick", nick);
   renderNick();
-  const ws = state.ws;
-  if (ws && ws.readyState === WebSocket.OPEN) {
-    if (state.joined) {
-      state.renaming = nick;
-      sendEnvelope(ws, { type: "nick", nick });
-    } else if (state.needNick) {
-      state.needNick = false;
-      sendHello(ws); // the last hello was refused for its nickname
-    }
-  } else if (first || !ws || ws.readyState === WebSocket.CLOSED) {
+  if (state.client && (state.joined || state.needNick)) {
+    if (state.joined) state.renaming = nick;
+    state.needNick = false;
+    state.client.rename(nick);
+  } else if (!state.client) {
     connect();
   }
   showStatus();
@@ -2414,6 +2293,7 @@ function applyNick(nick) {
 /** @param {string} name */
 function switchRoom(name) {
   if (name === state.room) return;
+  saveDraft();
   disconnect();
   hideNotice();
   hideRefusal();
@@ -2421,16 +2301,15 @@ function switchRoom(name) {
   saveRoom(currentRoom());
   endCompose(false);
   typists.clear();
+  clearUnread();
   state.room = name;
   state.me = null;
-  state.attempt = 0;
-  state.stopped = false;
   // Access is per room: the welcome of the next one says it.
   state.access = "write";
   state.moderator = false;
+  ui.text.value = load(localStorage, draftKey(name)) ?? "";
+  renderCounter();
   renderAccess();
-  members.clear();
-  kicked.clear();
   renderMembers();
   renderRoom();
   renderAll();
@@ -2454,17 +2333,21 @@ ui.compose.addEventListener("submit", (event) => {
   const problem = lengthProblem(text);
   if (problem) {
     showNotice(problem);
+    renderCounter();
     return;
   }
   if (state.compose?.kind === "edit") {
     saveEdit(text);
     return;
   }
+  if (!state.client) {
+    showNotice("Not connected: your text is still in the box.");
+    return;
+  }
   ui.text.value = "";
   sendText(text, takeReply());
-  // The message ends our indicator for the others: the next message may start
-  // a new one as soon as the server takes it.
-  typingSignal.allowAfter(SERVER_TYPING_INTERVAL_MS + 200);
+  saveDraft();
+  renderCounter();
 });
 
 ui.text.addEventListener("keydown", (event) => {
@@ -2478,10 +2361,11 @@ ui.text.addEventListener("keydown", (event) => {
 });
 
 ui.text.addEventListener("input", () => {
+  renderCounter();
+  saveDraft();
   // Others see that we type a message; editing an old one is not news.
   if (state.compose?.kind === "edit" || ui.text.value.trim() === "") return;
-  const ws = state.ws;
-  if (ws && state.joined && typingSignal.take()) sendEnvelope(ws, { type: "typing" });
+  if (state.joined) state.client?.typing();
 });
 
 ui.composeCancel.addEventListener("click", () => {
@@ -2492,14 +2376,24 @@ ui.composeCancel.addEventListener("click", () => {
 ui.messages.addEventListener("click", (event) => {
   const target = event.target;
   if (!(target instanceof HTMLElement)) return;
+  const picture = target.closest(".body img");
+  if (picture instanceof HTMLImageElement) {
+    openLightbox(picture);
+    return;
+  }
   const button = target.closest("button.tool");
   const li = button?.closest("li.msg");
   if (!(button instanceof HTMLButtonElement) || !(li instanceof HTMLLIElement)) return;
+  const action = button.dataset.action;
+  if (action === "retry" || action === "discard") {
+    resolveFailed(li.dataset.cid ?? "", action === "retry");
+    return;
+  }
   const entry = currentRoom().keys.get(li.dataset.key ?? "");
   if (!entry || entry.deleted) return;
-  if (button.dataset.action === "reply") startReply(entry);
-  else if (button.dataset.action === "edit" && isOwn(entry)) startEdit(entry);
-  else if (button.dataset.action === "delete" && (isOwn(entry) || state.moderator)) {
+  if (action === "reply") startReply(entry);
+  else if (action === "edit" && isOwn(entry)) startEdit(entry);
+  else if (action === "delete" && (isOwn(entry) || state.moderator)) {
     if (state.compose?.key === entry.key) endCompose(state.compose.kind === "edit");
     requestChange(entry, "delete");
   }
@@ -2521,23 +2415,40 @@ ui.file.addEventListener("change", () => {
   sendFiles(files);
 });
 
-ui.messages.addEventListener("dragover", (event) => {
-  if (!event.dataTransfer?.types.includes("Files")) return;
-  event.preventDefault();
-  ui.messages.classList.add("drop-target");
-});
-ui.messages.addEventListener("dragleave", () => ui.messages.classList.remove("drop-target"));
-ui.messages.addEventListener("drop", (event) => {
-  ui.messages.classList.remove("drop-target");
-  const files = event.dataTransfer?.files;
-  if (!files || files.length === 0) return;
-  event.preventDefault();
-  sendFiles([...files]);
-});
+// Files dropped anywhere on the conversation or the message box are sent.
+for (const zone of /** @type {HTMLElement[]} */ ([ui.messages, ui.compose])) {
+  zone.addEventListener("dragover", (event) => {
+    if (!event.dataTransfer?.types.includes("Files")) return;
+    event.preventDefault();
+    zone.classList.add("drop-target");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("drop-target"));
+  zone.addEventListener("drop", (event) => {
+    zone.classList.remove("drop-target");
+    const files = event.dataTransfer?.files;
+    if (!files || files.length === 0) return;
+    event.preventDefault();
+    sendFiles([...files]);
+  });
+}
+
 ui.messages.addEventListener("scroll", () => {
+  // The page's own scroll to the newest message changes nothing.
+  if (ui.messages.scrollTop === lastScrollTop) return;
   stickToBottom = atBottom();
+  if (stickToBottom) clearUnread();
+  else renderUnread();
   const list = ui.messages;
-  if (list.scrollTop < 40 && list.scrollHeight > list.clientHeight) loadOlder();
+  // Older messages come when the list is scrolled up to its top, not when it starts there.
+  const up = list.scrollTop < lastScrollTop;
+  lastScrollTop = list.scrollTop;
+  if (up && list.scrollTop < 40 && list.scrollHeight > list.clientHeight) loadOlder();
+});
+
+ui.jump.addEventListener("click", () => {
+  stickToBottom = true;
+  keepBottom();
+  clearUnread();
 });
 
 ui.nickButton.addEventListener("click", () => openNickDialog());
@@ -2612,39 +2523,63 @@ ui.removeForm.addEventListener("keydown", (event) => {
 ui.tryAgain.addEventListener("click", () => {
   // One new attempt: should it be refused again, the page stops again.
   hideRefusal();
-  state.attempt = 0;
   connect();
 });
 
 ui.reconnect.addEventListener("click", () => {
-  state.attempt = 0;
   hideNotice();
   connect();
 });
 
-addEventListener("pagehide", () => {
-  state.leaving = true;
-  saveAll();
-  disconnect();
-});
-
-addEventListener("pageshow", (event) => {
-  if (!event.persisted) return;
-  state.leaving = false;
-  connect();
-});
-
-addEventListener("online", () => {
-  if (state.stopped || state.leaving) return;
-  if (!state.ws || state.ws.readyState === WebSocket.CLOSED) {
-    state.attempt = 0;
-    connect();
+ui.copyLink.addEventListener("click", async () => {
+  // The room's address, never an invite token.
+  const url = new URL(pathOfRoom(state.room), location.href).href;
+  try {
+    await navigator.clipboard.writeText(url);
+    ui.copyLink.textContent = "Link copied";
+  } catch {
+    ui.copyLink.textContent = "Copy failed";
   }
+  setTimeout(() => {
+    ui.copyLink.textContent = "Copy link";
+  }, 2000);
+});
+
+ui.lightbox.addEventListener("click", () => ui.lightbox.close());
+
+ui.welcomeClose.addEventListener("click", () => {
+  ui.welcome.hidden = true;
+  store(localStorage, "parley.welcomed", "1");
+});
+
+// Closing the tab with messages not sent yet: the browser asks first (they
+// would be sent after a reload of this tab, not after closing it).
+addEventListener("beforeunload", (event) => {
+  if (outgoing().length === 0) return;
+  event.preventDefault();
+  event.returnValue = "";
+});
+
+addEventListener("pagehide", () => {
+  saveAll();
+  saveDraft();
 });
 
 document.addEventListener("visibilitychange", () => {
-  if (!document.hidden && state.reconnectWhenVisible) connect();
+  if (!document.hidden && stickToBottom) clearUnread();
 });
+
+/**
+ * Shows a picture large, in a dialog that Esc or a click closes.
+ *
+ * @param {HTMLImageElement} picture
+ */
+function openLightbox(picture) {
+  ui.lightboxImage.src = picture.src;
+  ui.lightboxImage.alt = picture.alt;
+  ui.lightboxCaption.textContent = picture.alt;
+  ui.lightbox.showModal();
+}
 
 // Tests read the socket through this; nothing else is exposed.
 Object.defineProperty(globalThis, "parley", {
@@ -2663,6 +2598,9 @@ Object.defineProperty(globalThis, "parley", {
 
 // ---------------------------------------------------------------- start
 
+ui.text.value = load(localStorage, draftKey(state.room)) ?? "";
+// A first visit says what this is; with an invite link the name is the invite's, not a nickname.
+ui.welcome.hidden = state.token !== null || load(localStorage, "parley.welcomed") !== null;
 renderRoom();
 renderNick();
 renderAll();

@@ -1,22 +1,20 @@
 // @ts-check
 /**
- * What happens to a message after it is sent, without the DOM: reading the
- * room's edit and delete entries, applying them to the messages the page
+ * What happens to a message after it is sent, without the DOM: applying the
+ * room's edit and delete entries to the messages the page
  * holds, quoting the message a reply answers, and saying the server's
  * refusals in plain words.
  *
  * @module
  */
 
-import { isId, isObject, readMember } from "./wire.js";
-
 /** @typedef {import("./wire.js").Member} Member */
 /**
  * An edit or delete entry of a room. `deleted` is set on an edit whose target
  * was deleted later (it then has no text).
  * @typedef {{ kind: "edit" | "delete", id: number, epoch: string, ts: number,
- *   from: Member | null, cid: string, target: number, text?: string,
- *   deleted: boolean }} Change
+ *   from: Member | null, cid?: string, target: number, text?: string,
+ *   deleted?: boolean }} Change
  */
 /**
  * The parts of a message that a change touches. `moderated` marks a message
@@ -27,33 +25,6 @@ import { isId, isObject, readMember } from "./wire.js";
 
 /** Longest quote of a replied-to message, in characters. */
 export const QUOTE_LENGTH = 80;
-/** Changes to messages not loaded yet that are remembered, per room. */
-const REMEMBERED_CHANGES = 500;
-
-/**
- * Reads an `edit` or `delete` envelope.
- *
- * @param {unknown} value
- * @returns {Change | null} Null when it is not a well-formed one.
- */
-export function readChange(value) {
-  if (!isObject(value)) return null;
-  const { type, id, epoch, target } = value;
-  if (type !== "edit" && type !== "delete") return null;
-  if (!isId(id) || !isId(target) || typeof epoch !== "string") return null;
-  return {
-    kind: type,
-    id,
-    epoch,
-    ts: typeof value.ts === "number" ? value.ts : 0,
-    from: readMember(value.from),
-    cid: typeof value.cid === "string" ? value.cid : "",
-    target,
-    text: typeof value.text === "string" ? value.text : undefined,
-    deleted: value.deleted === true,
-  };
-}
-
 /**
  * Whether a delete was made by someone other than the message's author. An
  * unknown deleter (no `from`) counts as the author.
@@ -97,44 +68,6 @@ export function applyChange(message, change) {
   message.text = change.text;
   message.edited = change.ts;
   return true;
-}
-
-/**
- * Changes whose target the page has not loaded: a scroll-back page that
- * brings the target later may predate them.
- */
-export class ChangeMemory {
-  /** @type {Map<number, Change>} target id to its latest change */
-  #changes = new Map();
-
-  /** @param {Change} change */
-  remember(change) {
-    const known = this.#changes.get(change.target);
-    if (known && (known.kind === "delete" || known.deleted || known.id > change.id)) return;
-    this.#changes.delete(change.target);
-    this.#changes.set(change.target, change);
-    // Forget the oldest first: a page far back is the least likely to come.
-    if (this.#changes.size > REMEMBERED_CHANGES) {
-      const oldest = this.#changes.keys().next();
-      if (!oldest.done) this.#changes.delete(oldest.value);
-    }
-  }
-
-  /**
-   * Takes the change remembered for a message, if any.
-   *
-   * @param {number} target
-   * @returns {Change | undefined}
-   */
-  take(target) {
-    const change = this.#changes.get(target);
-    this.#changes.delete(target);
-    return change;
-  }
-
-  clear() {
-    this.#changes.clear();
-  }
 }
 
 /**

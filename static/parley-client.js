@@ -758,9 +758,12 @@ var Roster = class {
   get members() {
     return this.#members;
   }
-  /** Members in the room: the server's count (at least those listed). */
+  /**
+   * Members in the room: the server's count (at least those listed, unless
+   * count-only updates came: those listed may have left since).
+   */
   get count() {
-    return Math.max(this.#count, this.#members.size);
+    return this.#stale ? this.#count : Math.max(this.#count, this.#members.size);
   }
   /**
    * Whether members exist that are not listed (a large room, or a list that

@@ -472,4 +472,8 @@ Deno.test("Roster applies presence as sets and marks a list that only counts cam
   roster.apply({ joins: [], leaves: [], renames: [], count: 1500, listed: false });
   assert.equal(roster.count, 1500);
   assert.equal(roster.incomplete, true);
+  // A count-only leave lowers the count below those still listed: the count is the server's.
+  roster.apply({ joins: [], leaves: [], renames: [], count: 1, listed: false });
+  assert.equal(roster.members.size, 2);
+  assert.equal(roster.count, 1);
 });

@@ -15,7 +15,10 @@ import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
 import axe from "axe-core";
 import { SignJWT } from "jose";
-import { type Browser, chromium, type Page } from "playwright-core";
+import { type Browser, chromium, type Page, type WebSocketRoute } from "playwright-core";
+import { type App, createApp } from "../main.ts";
+import { type Config, DEFAULT_CONFIG } from "../lib/config.ts";
+import { silentLogger } from "../lib/log.ts";
 import { type Client, connect, startServer, type TestServer } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -579,4 +582,439 @@ pageTest(
     assert.deepEqual(problems, []);
   },
   { auth: "token", authSecret: AUTH_SECRET },
+);
+
+// ---------------------------------------------------------------- on the client SDK
+
+/** A memory-engine server on a port of its own, which a test can stop and start again. */
+async function restartable(overrides: Partial<Config> = {}) {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = probe.addr as Deno.NetAddr;
+  probe.close();
+  let running: { app: App; server: Deno.HttpServer } | null = null;
+  const start = async () => {
+    const app = await createApp({
+      ...DEFAULT_CONFIG,
+      port,
+      hostname: "127.0.0.1",
+      logLevel: "silent",
+      maxMessageBytes: MAX_MESSAGE_BYTES,
+      maxTextLength: MAX_TEXT_LENGTH,
+      ...overrides,
+    }, silentLogger);
+    const server = Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, app.handler);
+    running = { app, server };
+  };
+  const stop = async () => {
+    const current = running;
+    running = null;
+    if (!current) return;
+    await current.app.close();
+    await current.server.shutdown();
+  };
+  await start();
+  return { url: `http://127.0.0.1:${port}`, start, stop };
+}
+
+/** The texts of the list, in order: messages by their body, a gap as "[gap]". */
+function conversation(page: Page): Promise<string[]> {
+  return page.locator("#messages .msg, #messages .note.gap").evaluateAll((items) =>
+    items.map((li) =>
+      li.classList.contains("gap") ? "[gap]" : li.querySelector(".body")?.textContent ?? ""
+    )
+  );
+}
+
+/** Waits until the status says this, in words. */
+async function waitForStatusText(page: Page, pattern: RegExp, timeout = 30_000) {
+  await page.waitForFunction(
+    (source) => new RegExp(source).test(document.getElementById("status")?.textContent ?? ""),
+    pattern.source,
+    { timeout },
+  );
+}
+
+pageTest(
+  "a memory server's restart keeps the conversation, marks the gap and goes on after it",
+  async ({ open, problems }) => {
+    const server = await restartable();
+    try {
+      const page = await open(DESKTOP_LIGHT, "restart-gap");
+      await page.goto(server.url);
+      await page.locator("#nick-input").fill("ann");
+      await page.locator("#nick-input").press("Enter");
+      await waitForJoined(page, "ann");
+      await say(page, "before the restart");
+      await say(page, "also before");
+      await waitForMessage(page, "also before");
+      await server.stop();
+      await server.start();
+      await page.waitForFunction(
+        () => document.getElementById("status")?.dataset.state === "open",
+        null,
+        { timeout: 30_000 },
+      );
+      await page.locator("#messages .note.gap", { hasText: "some messages may be missing here" })
+        .waitFor();
+      await say(page, "after the restart");
+      await waitForMessage(page, "after the restart");
+      assert.deepEqual(await conversation(page), [
+        "before the restart",
+        "also before",
+        "[gap]",
+        "after the restart",
+      ]);
+      // A reload keeps all of it, gap included.
+      await page.reload();
+      await waitForJoined(page, "ann");
+      await waitForMessage(page, "after the restart");
+      assert.deepEqual(await conversation(page), [
+        "before the restart",
+        "also before",
+        "[gap]",
+        "after the restart",
+      ]);
+      assert.deepEqual(problems, []);
+    } finally {
+      await server.stop();
+    }
+  },
+);
+
+pageTest(
+  "unsent messages survive a reload and are sent after it; closing the tab warns first",
+  async ({ server, open, problems }) => {
+    const page = await open(DESKTOP_LIGHT, "unsent-reload");
+    // A reload with unsent messages asks first (beforeunload): the test says yes.
+    page.on("dialog", (dialog) => dialog.accept().catch(() => {}));
+    await join(page, server, "ann");
+    const warns = () =>
+      page.evaluate(() => {
+        const event = new Event("beforeunload", { cancelable: true });
+        dispatchEvent(event);
+        return event.defaultPrevented;
+      });
+    assert.equal(await warns(), false, "nothing unsent: no warning");
+    // From now on the page's sockets reach no server (its pages still load).
+    let blocked = true;
+    const held: WebSocketRoute[] = [];
+    await page.routeWebSocket(/.*/, (socket) => {
+      if (blocked) held.push(socket);
+      else socket.connectToServer();
+    });
+    server.dropConnections();
+    await page.waitForFunction(() => document.getElementById("status")?.textContent !== "open");
+    await say(page, "written while the server was away");
+    const pending = page.locator("#messages .msg.pending", { hasText: "written while the server" });
+    await pending.waitFor();
+    assert.equal(await warns(), true, "an unsent message: closing the tab warns");
+    await page.reload();
+    await pending.waitFor();
+    assert.equal(await page.locator("#messages .msg.pending").count(), 1);
+    // The server can be reached again.
+    blocked = false;
+    for (const socket of held) await socket.close({ code: 4000, reason: "test: back" });
+    await waitForMessage(page, "written while the server was away");
+    await page.waitForFunction(
+      () => document.querySelectorAll("#messages .msg.pending").length === 0,
+      null,
+      { timeout: TIMEOUT_MS },
+    );
+    const texts = (await conversation(page)).filter((t) => t.startsWith("written while"));
+    assert.equal(texts.length, 1, "sent once");
+    assert.equal(await warns(), false, "all sent: no warning any more");
+    // A second page sees it stored on the server, once.
+    const other = await open(DESKTOP_LIGHT, "unsent-reload-bob");
+    await join(other, server, "bob");
+    await waitForMessage(other, "written while the server was away");
+    assert.equal(
+      (await conversation(other)).filter((t) => t.startsWith("written while")).length,
+      1,
+    );
+    assert.deepEqual(problems, []);
+  },
+);
+
+pageTest(
+  "the connection state and waiting messages are said in people's words",
+  async ({ open, problems }) => {
+    const server = await restartable();
+    try {
+      const page = await open(DESKTOP_LIGHT, "words");
+      await page.goto(server.url);
+      await page.locator("#nick-input").fill("ann");
+      await page.locator("#nick-input").press("Enter");
+      await waitForJoined(page, "ann");
+      assert.equal(await page.locator("#member-count").textContent(), "1");
+      await server.stop();
+      await waitForStatusText(page, /^Reconnecting in \d+ s…/);
+      assert.equal(await page.locator("#reconnect").isHidden(), true, "it retries on its own");
+      assert.equal(await page.locator("#member-count").textContent(), "?", "members unknown");
+      await say(page, "one");
+      await say(page, "two");
+      const pending = page.locator("#messages .msg.pending .state");
+      await page.locator("#messages .msg.pending", { hasText: "two" }).waitFor();
+      assert.deepEqual(await pending.allTextContents(), ["Waiting to send", "Waiting to send"]);
+      // The browser says it is offline.
+      await page.context().setOffline(true);
+      await waitForStatusText(page, /^Offline: 2 messages will be sent when you're back$/);
+      await page.context().setOffline(false);
+      await server.start();
+      await waitForMessage(page, "two");
+      await page.waitForFunction(
+        () => document.getElementById("status")?.textContent === "open",
+        null,
+        { timeout: 30_000 },
+      );
+      assert.equal(await page.locator("#member-count").textContent(), "1");
+      assert.deepEqual(problems, []);
+    } finally {
+      await server.stop();
+    }
+  },
+);
+
+pageTest(
+  "a long message shows a counter, keeps its text when over the limit; a failed one offers Retry and Delete",
+  async ({ server, open, problems }) => {
+    const page = await open(DESKTOP_LIGHT, "limits");
+    await join(page, server, "ann");
+    assert.equal(await page.locator("#counter").isHidden(), true, "no counter for short text");
+    await page.locator("#text").fill("x".repeat(450));
+    assert.equal(await page.locator("#counter").textContent(), `450 / ${MAX_TEXT_LENGTH}`);
+    const long = "y".repeat(MAX_TEXT_LENGTH + 10);
+    await page.locator("#text").fill(long);
+    await page.locator("#text").press("Enter");
+    await page.locator("#notice-text", { hasText: `the limit is ${MAX_TEXT_LENGTH}` }).waitFor();
+    assert.match(await page.locator("#notice-text").textContent() ?? "", /Shorten it/);
+    assert.equal(await page.locator("#text").inputValue(), long, "the text stays in the box");
+    assert.equal(await page.locator("#counter.over").isVisible(), true);
+    assert.equal(await page.locator("#messages .msg").count(), 0, "nothing was sent");
+
+    await page.locator("#text").fill("");
+    await attach(page, "too-big.bin", "application/octet-stream", new Uint8Array(10_000));
+    const failed = page.locator("#messages .msg.failed", { hasText: "too-big.bin" });
+    await failed.waitFor();
+    assert.match(await failed.locator(".state").textContent() ?? "", /not sent: too large/);
+    assert.equal(await failed.locator("button", { hasText: "Retry" }).count(), 1);
+    await failed.locator("button", { hasText: "Delete" }).click();
+    await page.waitForFunction(() => document.querySelectorAll("#messages .msg").length === 0);
+    assert.deepEqual(problems, []);
+  },
+);
+
+pageTest(
+  "a draft stays with its room",
+  async ({ server, open, problems }) => {
+    const page = await open(DESKTOP_LIGHT, "drafts");
+    await join(page, server, "ann");
+    await page.locator("#text").fill("for the lobby");
+    await page.locator("#room-input").fill("side");
+    await page.locator("#room-input").press("Enter");
+    await page.waitForURL(`${server.url}/side`);
+    await waitForJoined(page, "ann");
+    assert.equal(await page.locator("#text").inputValue(), "", "the side room's box is empty");
+    await page.locator("#text").fill("for the side room");
+    await page.goBack();
+    await page.waitForURL(`${server.url}/`);
+    await waitForJoined(page, "ann");
+    assert.equal(await page.locator("#text").inputValue(), "for the lobby");
+    await page.goForward();
+    await waitForJoined(page, "ann");
+    assert.equal(await page.locator("#text").inputValue(), "for the side room");
+    // A reload keeps it too.
+    await page.reload();
+    await waitForJoined(page, "ann");
+    assert.equal(await page.locator("#text").inputValue(), "for the side room");
+    assert.deepEqual(problems, []);
+  },
+);
+
+pageTest(
+  "a burst of 200 messages is laid out per frame, not per message",
+  async ({ server, open, problems }) => {
+    const page = await open(DESKTOP_LIGHT, "burst");
+    await join(page, server, "ann");
+    // Count reads of the list's scroll size: each one forces a layout after a change.
+    await page.evaluate(() => {
+      const list = document.getElementById("messages")!;
+      const proto = Element.prototype;
+      const descriptor = Object.getOwnPropertyDescriptor(proto, "scrollHeight")!;
+      const counter = { reads: 0 };
+      Object.defineProperty(globalThis, "layoutReads", { value: counter });
+      Object.defineProperty(list, "scrollHeight", {
+        get() {
+          counter.reads++;
+          return descriptor.get!.call(this);
+        },
+      });
+    });
+    // Messages a few ms apart, each in a frame of its own: more than a screen refreshes.
+    const bob = await connect(`${server.ws}/`, "parley.v1");
+    try {
+      bob.send({ type: "hello", nick: "bob", client: "bob-burst-client" });
+      await bob.until("welcome");
+      for (let i = 1; i <= 200; i++) {
+        bob.send({ type: "message", cid: `b-${i}`, text: `message ${i} from bob` });
+        await new Promise((resolve) => setTimeout(resolve, 3));
+      }
+      await waitForMessage(page, "message 200 from bob");
+      assert.equal(await page.locator("#messages .msg").count(), 200);
+      const reads = await page.evaluate(() =>
+        (globalThis as unknown as { layoutReads: { reads: number } }).layoutReads.reads
+      );
+      console.log(`layout reads for 200 messages: ${reads}`);
+      assert.ok(reads < 200, `${reads} layout reads for 200 messages: fewer than one each`);
+      const atEnd = await page.locator("#messages").evaluate((list) =>
+        list.scrollHeight - list.scrollTop - list.clientHeight < 80
+      );
+      assert.equal(atEnd, true, "the list shows the newest message");
+    } finally {
+      await bob.close();
+    }
+    assert.deepEqual(problems, []);
+  }, // A burst: no rate limit holds the sender back.
+  { rateLimit: 100_000, rateBurst: 1_000 },
+);
+
+// ---------------------------------------------------------------- what people expect
+
+pageTest(
+  "links open safely, markup stays text, mentions of me stand out, a picture opens large and Esc closes it",
+  async ({ server, open, problems }) => {
+    const bob = await seed(server, "lobby", 1);
+    try {
+      const page = await open(DESKTOP_LIGHT, "links");
+      await join(page, server, "ann");
+      bob.send({
+        type: "message",
+        cid: "b-link",
+        text: "see https://example.com/a?b=1. <b>bold</b> javascript:alert(1) @ann and @carol",
+      });
+      const message = page.locator("#messages .msg", { hasText: "see " });
+      await message.waitFor();
+      const link = message.locator(".body a");
+      assert.equal(await link.count(), 1, "one link: javascript: is not one");
+      assert.equal(await link.getAttribute("href"), "https://example.com/a?b=1");
+      assert.equal(await link.textContent(), "https://example.com/a?b=1", "the full stop is text");
+      assert.equal(await link.getAttribute("rel"), "noopener noreferrer");
+      assert.equal(await link.getAttribute("target"), "_blank");
+      assert.equal(await message.locator(".body b").count(), 0, "no markup from a message");
+      assert.match(await message.locator(".body").textContent() ?? "", /<b>bold<\/b>/);
+      assert.equal(await message.locator(".body mark.mention.me").textContent(), "@ann");
+      assert.equal(await message.locator(".body mark.mention:not(.me)").textContent(), "@carol");
+
+      await attach(page, "board.png", "image/png", await makePng(48));
+      await waitForImage(page, "board.png");
+      await page.locator('#messages .msg:not(.pending) img[alt="board.png"]').click();
+      const lightbox = page.locator("#lightbox");
+      await lightbox.waitFor();
+      assert.equal(await page.locator("#lightbox-image").getAttribute("alt"), "board.png");
+      await page.keyboard.press("Escape");
+      await page.waitForFunction(() =>
+        !(document.getElementById("lightbox") as HTMLDialogElement).open
+      );
+      assert.deepEqual(problems, [], "the page's CSP is unchanged and nothing broke");
+    } finally {
+      await bob.close();
+    }
+  },
+);
+
+pageTest(
+  "scrolled up, new messages get a marker, a jump button and a count in the tab title",
+  async ({ server, open, problems }) => {
+    const bob = await seed(server, "lobby", 40);
+    try {
+      const page = await open(DESKTOP_LIGHT, "unread");
+      await join(page, server, "ann");
+      await waitForMessage(page, "message 40 from bob");
+      assert.equal(await page.title(), "lobby · Parley");
+      assert.equal(await page.locator("#jump").isHidden(), true);
+      await page.locator("#messages").evaluate((list) => list.scrollTop = 0);
+      await page.waitForTimeout(300); // the scroll event is handled
+      for (let i = 1; i <= 3; i++) {
+        bob.send({ type: "message", cid: `u-${i}`, text: `unread ${i}` });
+      }
+      await page.locator("#jump", { hasText: "3 new messages" }).waitFor();
+      assert.equal(await page.title(), "(3) lobby · Parley");
+      assert.equal(
+        await page.locator("#messages .msg.first-unread .body").textContent(),
+        "unread 1",
+        "the marker is at the first new message",
+      );
+      await page.locator("#jump").click();
+      await page.waitForFunction(() => document.title === "lobby · Parley");
+      assert.equal(await page.locator("#jump").isHidden(), true);
+      const atEnd = await page.locator("#messages").evaluate((list) =>
+        list.scrollHeight - list.scrollTop - list.clientHeight < 80
+      );
+      assert.equal(atEnd, true, "the list shows the newest message");
+      assert.deepEqual(problems, []);
+    } finally {
+      await bob.close();
+    }
+  },
+);
+
+pageTest(
+  "messages group by author under a day heading; the room's link copies; a first visit explains itself",
+  async ({ server, open, problems }) => {
+    const bob = await seed(server, "lobby", 3);
+    try {
+      const page = await open(DESKTOP_LIGHT, "grouping");
+      await page.context().grantPermissions(["clipboard-read", "clipboard-write"]);
+      await page.goto(server.url);
+      const welcome = page.locator("#welcome");
+      assert.equal(await welcome.isVisible(), true, "a first visit says what this is");
+      assert.match(await welcome.textContent() ?? "", /only a nickname/);
+      await page.locator("#nick-input").fill("ann");
+      await page.locator("#nick-input").press("Enter");
+      await waitForJoined(page, "ann");
+      await waitForMessage(page, "message 3 from bob");
+      await say(page, "ann says hi");
+      await waitForMessage(page, "ann says hi");
+      const rows = await page.locator("#messages .msg").evaluateAll((items) =>
+        items.map((li) => ({
+          grouped: li.classList.contains("grouped"),
+          day: (li as HTMLElement).dataset.day ?? null,
+        }))
+      );
+      assert.equal(rows.length, 4);
+      assert.ok(rows[0].day, "the first message starts a day");
+      assert.deepEqual(rows.map((r) => r.grouped), [false, true, true, false]);
+      assert.deepEqual(rows.slice(1).map((r) => r.day), [null, null, null]);
+
+      await page.locator("#copy-link").click();
+      await page.locator("#copy-link", { hasText: "Link copied" }).waitFor();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), `${server.url}/`);
+
+      await page.locator("#welcome-close").click();
+      assert.equal(await welcome.isHidden(), true);
+      await page.reload();
+      await waitForJoined(page, "ann");
+      assert.equal(await welcome.isHidden(), true, "said once");
+      assert.deepEqual(problems, []);
+    } finally {
+      await bob.close();
+    }
+  },
+);
+
+pageTest(
+  "a picture dropped on the message box is sent",
+  async ({ server, open, problems }) => {
+    const page = await open(DESKTOP_LIGHT, "drop-on-box");
+    await join(page, server, "ann");
+    const png = Array.from(await makePng(24));
+    const dataTransfer = await page.evaluateHandle((bytes) => {
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+      return transfer;
+    }, png);
+    await page.dispatchEvent("#text", "dragover", { dataTransfer });
+    await page.dispatchEvent("#text", "drop", { dataTransfer });
+    await waitForImage(page, "dropped.png");
+    assert.deepEqual(problems, []);
+  },
 );
