@@ -9,14 +9,15 @@
  * A script, not a test: timings depend on the machine.
  *
  * ```sh
- * deno run -A bench/page_burst.ts [--messages 200] [--runs 3]
+ * deno run -A --lock=tests/deno.lock bench/page_burst.ts [--messages 200] [--runs 3]
  * ```
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { chromium } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- not in the import map, so `deno task start` never installs it
+import { chromium } from "npm:playwright-core@1.65.1";
 import { connect, startServer } from "../tests/helpers.ts";
 
 const { values } = parseArgs({

@@ -8,7 +8,8 @@
  * @module
  */
 
-import { Hono } from "hono";
+// deno-lint-ignore no-import-prefix -- not in the import map, so `deno task start` never installs it
+import { Hono } from "npm:hono@4.13.19";
 import { createParley, type Parley } from "../mod.ts";
 
 /** The Hono app and the chat inside it. */

@@ -12,7 +12,8 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { SignJWT } from "jose";
-import { type Browser, chromium, type Locator, type Page } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- not in the import map, so `deno task start` never installs it
+import { type Browser, chromium, type Locator, type Page } from "npm:playwright-core@1.65.1";
 import { type Client, connect, startServer, type TestServer } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";

@@ -12,7 +12,8 @@
  */
 
 import assert from "node:assert/strict";
-import { type Browser, chromium } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- not in the import map, so `deno task start` never installs it
+import { type Browser, chromium } from "npm:playwright-core@1.65.1";
 import { startServer } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";

@@ -5,7 +5,8 @@
  * two plain WebSocket clients there relay to each other.
  */
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- not in the import map, so `deno task start` never installs it
+import { chromium } from "npm:playwright-core@1.65.1";
 import { connect, waitFor } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -22,7 +23,14 @@ interface Example {
 /** Starts `examples/<file>` on 127.0.0.1 and a free port; resolves once it listens. */
 async function startExample(file: string): Promise<Example> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-read=.", "--allow-env=PORT,HOSTNAME", `examples/${file}`],
+    args: [
+      "run",
+      "--lock=tests/deno.lock",
+      "--allow-net",
+      "--allow-read=.",
+      "--allow-env=PORT,HOSTNAME",
+      `examples/${file}`,
+    ],
     cwd: new URL("..", import.meta.url),
     env: { PORT: "0", HOSTNAME: "127.0.0.1" },
     stdin: "null",

@@ -13,9 +13,11 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
-import axe from "axe-core";
+// deno-lint-ignore no-import-prefix -- not in the import map, so `deno task start` never installs it
+import axe from "npm:axe-core@4.14.1";
 import { SignJWT } from "jose";
-import { type Browser, chromium, type Page, type WebSocketRoute } from "playwright-core";
+// deno-lint-ignore no-import-prefix -- not in the import map, so `deno task start` never installs it
+import { type Browser, chromium, type Page, type WebSocketRoute } from "npm:playwright-core@1.65.1";
 import { type App, createApp } from "../main.ts";
 import { type Config, DEFAULT_CONFIG } from "../lib/config.ts";
 import { silentLogger } from "../lib/log.ts";
