@@ -2555,7 +2555,9 @@ ui.welcomeClose.addEventListener("click", () => {
 // Closing the tab with messages not sent yet: the browser asks first (they
 // would be sent after a reload of this tab, not after closing it).
 addEventListener("beforeunload", (event) => {
-  if (outgoing().length === 0) return;
+  // What is shown as waiting counts too: between two clients (a reconnect,
+  // a refusal) the outbox is in storage, not in a client.
+  if (outgoing().length === 0 && !ui.messages.querySelector(".msg.pending")) return;
   event.preventDefault();
   event.returnValue = "";
 });

@@ -21,7 +21,7 @@ import { type Browser, chromium, type Page, type WebSocketRoute } from "npm:play
 import { type App, createApp } from "../main.ts";
 import { type Config, DEFAULT_CONFIG } from "../lib/config.ts";
 import { silentLogger } from "../lib/log.ts";
-import { type Client, connect, startServer, type TestServer } from "./helpers.ts";
+import { type Client, connect, startServer, type TestServer, waitFor } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const LAUNCH_ARGS = [
@@ -689,6 +689,15 @@ pageTest(
     const page = await open(DESKTOP_LIGHT, "unsent-reload");
     // A reload with unsent messages asks first (beforeunload): the test says yes.
     page.on("dialog", (dialog) => dialog.accept().catch(() => {}));
+    // Routed from the start: Playwright routes a page's WebSockets by replacing
+    // `WebSocket` as the page loads, and the page keeps the one it found then.
+    // Until `blocked`, every socket goes through to the server.
+    let blocked = false;
+    const held: WebSocketRoute[] = [];
+    await page.routeWebSocket(/.*/, (socket) => {
+      if (blocked) held.push(socket);
+      else socket.connectToServer();
+    });
     await join(page, server, "ann");
     const warns = () =>
       page.evaluate(() => {
@@ -698,14 +707,10 @@ pageTest(
       });
     assert.equal(await warns(), false, "nothing unsent: no warning");
     // From now on the page's sockets reach no server (its pages still load).
-    let blocked = true;
-    const held: WebSocketRoute[] = [];
-    await page.routeWebSocket(/.*/, (socket) => {
-      if (blocked) held.push(socket);
-      else socket.connectToServer();
-    });
+    blocked = true;
     server.dropConnections();
     await page.waitForFunction(() => document.getElementById("status")?.textContent !== "open");
+    await waitFor(() => held.length > 0, TIMEOUT_MS, "the page's reconnect, held here");
     await say(page, "written while the server was away");
     const pending = page.locator("#messages .msg.pending", { hasText: "written while the server" });
     await pending.waitFor();
